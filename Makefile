@@ -1,0 +1,46 @@
+# The two commands of the README: `make book` and `make test`. Each does its own set-up.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+JB     := $(BIN)/jupyter-book
+EXECUTED := tests/_executed
+
+.PHONY: setup book test unit notebooks nbval smoke-book ipynb bench clean clean-cache
+
+## setup: create .venv and install the book with every extra (pyproject.toml is the one dependency list)
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e '.[all]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+## book: execute every chapter at its default parameters (cached by jupyter-cache) and build the HTML
+book: setup
+	$(JB) build . -W --keep-going
+	@echo "Book written to _build/html/index.html"
+
+## test: unit tests + harness rules + every chapter by papermill at smoke parameters,
+##       then nbval on the executed notebooks, then a book build from them
+test: setup
+	rm -rf $(EXECUTED)
+	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest -p no:cacheprovider --nbval-lax --nbval-current-env \
+		--nbval-sanitize-with tests/nbval_sanitize.cfg $(EXECUTED)/notebooks
+	$(BIN)/python tests/build_smoke_book.py $(EXECUTED)
+
+## ipynb: write the paired .ipynb of every chapter, one way (never committed)
+ipynb: setup
+	$(BIN)/jupytext --to ipynb notebooks/*.md
+
+## bench: run the benchmarks (figures go to benchmarks/results/ and the README)
+bench: setup
+	$(BIN)/python -m pip install --quiet -e '.[all,bench]'
+	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf _build $(EXECUTED) notebooks/*.ipynb
+
+clean-cache:
+	rm -rf .cache .jupyter_cache

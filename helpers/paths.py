@@ -1,0 +1,42 @@
+"""Where the book keeps its committed tables and its generated data.
+
+Book: book/real_data.md ("Where the data live").
+
+Generated surveys and caches live in a git-ignored folder, ``<repo>/.cache`` by
+default; set the environment variable ``STARS_BOOK_CACHE`` to put them elsewhere
+(a bigger disk, a shared scratch space).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["repo_root", "data_dir", "cache_dir"]
+
+
+def repo_root() -> Path:
+    """The repository's top folder (the one holding ``_config.yml``)."""
+    return Path(__file__).resolve().parents[1]
+
+
+def data_dir() -> Path:
+    """The folder of small committed tables (``<repo>/data``)."""
+    return repo_root() / "data"
+
+
+def cache_dir(*parts: str, create: bool = True) -> Path:
+    """A folder inside the git-ignored cache, created on demand.
+
+    Parameters
+    ----------
+    *parts : str
+        Sub-folder names below the cache root.
+    create : bool
+        Create the folder if it does not exist.
+    """
+    root = Path(os.environ.get("STARS_BOOK_CACHE", repo_root() / ".cache"))
+    path = root.joinpath(*parts)
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,91 @@
+"""The house rules of the book, enforced (see the Developers' guide and STYLE.md)."""
+
+import ast
+import importlib
+import pkgutil
+import subprocess
+
+import pytest
+import yaml
+
+import helpers
+from notebook_tools import (REPO, assigned_names, chapters, parameter_cells, read_chapter,
+                            smoke_params, toc_files)
+
+CHAPTERS = chapters()
+IDS = [p.stem for p in CHAPTERS]
+
+
+def test_there_are_chapters():
+    assert CHAPTERS, "no notebooks/NN_topic.md found"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=IDS)
+def test_exactly_one_parameters_cell(path):
+    cells = parameter_cells(read_chapter(path))
+    assert len(cells) == 1, f"{path.name}: {len(cells)} cells tagged 'parameters', need exactly 1"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=IDS)
+def test_listed_in_toc(path):
+    assert f"notebooks/{path.stem}" in toc_files(), f"{path.name} is not listed in _toc.yml"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=IDS)
+def test_has_valid_smoke_parameters(path):
+    params = smoke_params()
+    assert path.stem in params, f"{path.stem} has no entry in tests/smoke_params.yml"
+    names = assigned_names(parameter_cells(read_chapter(path))[0].source)
+    unknown = set(params[path.stem] or {}) - names
+    assert not unknown, f"smoke parameters {sorted(unknown)} are not in {path.name}'s parameters cell"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=IDS)
+def test_imports_shared_code_from_helpers(path):
+    code = "\n".join(c.source for c in read_chapter(path).cells if c.cell_type == "code")
+    assert "from helpers" in code or "import helpers" in code, f"{path.name} never imports helpers"
+    # no function or class definitions in a chapter: shared code lives in helpers/
+    tree = ast.parse("\n".join(line for line in code.splitlines() if not line.startswith(("%", "!"))))
+    defs = [n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
+    assert len(defs) <= 2, f"{path.name} defines {defs}: move shared code into helpers/"
+
+
+def test_every_toc_entry_exists():
+    for entry in toc_files():
+        assert any((REPO / f"{entry}{ext}").exists() for ext in (".md", ".ipynb")), entry
+
+
+def test_no_ipynb_committed():
+    tracked = subprocess.run(["git", "ls-files", "*.ipynb"], cwd=REPO, capture_output=True,
+                             text=True, check=True).stdout.split()
+    assert tracked == [], f"committed notebooks (generate them one way instead): {tracked}"
+
+
+def test_one_source_per_chapter_in_build():
+    config = yaml.safe_load((REPO / "_config.yml").read_text())
+    assert "notebooks/*.ipynb" in config["exclude_patterns"]
+    assert "notebooks/*.ipynb" in config["execute"]["exclude_patterns"]
+    assert config.get("only_build_toc_files") is True
+
+
+def test_helpers_import_without_side_effects():
+    """Importing every helpers module prints nothing, writes nothing, and names its book section."""
+    modules = [m.name for m in pkgutil.iter_modules(helpers.__path__, "helpers.")]
+    assert modules
+    for name in modules:
+        mod = importlib.import_module(name)
+        assert mod.__doc__ and "Book:" in mod.__doc__, f"{name}: module docstring must name its book section"
+
+
+def test_public_helpers_have_docstrings():
+    for info in pkgutil.iter_modules(helpers.__path__, "helpers."):
+        mod = importlib.import_module(info.name)
+        for attr in getattr(mod, "__all__", []):
+            obj = getattr(mod, attr)
+            if callable(obj) and getattr(obj, "__module__", None) == info.name:
+                assert obj.__doc__, f"{info.name}.{attr} has no docstring"
+
+
+def test_torch_pinned():
+    text = (REPO / "pyproject.toml").read_text()
+    assert '"torch==2.13.0"' in text
