@@ -1,0 +1,214 @@
+"""Command line of the book's survey data: ``python -m helpers.survey <command> ...``.
+
+Commands
+--------
+cache
+    Build the spectra cache of a selection of stars from a real DR16 or DR17 SAS mirror::
+
+        python -m helpers.survey cache --apogee-root /data/sas --release dr16 --out cache/dr16
+
+Further commands (e.g. ``generate`` for the synthetic survey) register themselves with
+:func:`add_command`; run ``python -m helpers.survey --help`` or ``... <command> --help``.
+
+Book: book/real_data.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+__all__ = ["build_parser", "main", "add_command", "cmd_cache"]
+
+# name -> (configure(subparser), run(args) -> int, one-line help)
+_COMMANDS: dict[str, tuple[Callable, Callable, str]] = {}
+
+
+def add_command(name: str, help: str):
+    """Register a subcommand: decorate ``configure(parser)``, which returns ``run(args)``.
+
+    Example (how the synthetic survey adds ``generate``)::
+
+        @add_command("generate", help="write a synthetic survey")
+        def _configure(p):
+            p.add_argument("--out", required=True, help="...")
+            return run_generate   # run_generate(args) -> exit status
+
+    Parameters
+    ----------
+    name : str
+        Subcommand name.
+    help : str
+        One-line description shown by ``--help``.
+
+    Book: book/real_data.md.
+    """
+    def deco(configure: Callable[[argparse.ArgumentParser], Callable]):
+        _COMMANDS[name] = (configure, None, help)
+        return configure
+    return deco
+
+
+# ---------------------------------------------------------------------------------------
+# cache
+# ---------------------------------------------------------------------------------------
+
+SELECTIONS = ("rsca", "all")
+
+
+def _configure_cache(p: argparse.ArgumentParser):
+    p.add_argument("--apogee-root", required=True, type=Path, metavar="DIR",
+                   help="directory that contains dr16/ or dr17/ of an SDSS SAS mirror "
+                        "(the level above dr16/, e.g. /data/sas); aspcapStar files are "
+                        "looked up under it in the SAS layout")
+    p.add_argument("--release", required=True, choices=("dr16", "dr17"),
+                   help="data release of the mirror: dr16 (aspcap r12/l33) or dr17 "
+                        "(aspcap dr17/synspec_rev1)")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR",
+                   help="cache directory to create; replaced atomically if it already "
+                        "holds a cache built from different inputs, reused if the same")
+    p.add_argument("--allstar", type=Path, default=None, metavar="FILE",
+                   help="allStar FITS file to use instead of the one in the mirror "
+                        "(default: the release's allStar file under --apogee-root)")
+    p.add_argument("--selection", choices=SELECTIONS, default="rsca",
+                   help="which stars: 'rsca' = 4000<TEFF<5000 K, 1.5<LOGG<3, STAR_BAD "
+                        "unset, all 21 RSCA abundances measured (default); 'all' = every "
+                        "allStar row")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave out stars whose aspcapStar file is missing, unreadable or "
+                        "malformed, and list them with the reason in the manifest (default: "
+                        "stop at the first bad file and write nothing)")
+    p.add_argument("--jobs", type=int, default=None, metavar="N",
+                   help="parallel reader processes (default: number of CPUs, at most 8; "
+                        "1 = read in the main process)")
+    p.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="use only the first N selected stars (for a quick trial)")
+    p.add_argument("--force", action="store_true",
+                   help="rebuild even if --out already holds a cache of the same inputs")
+    p.add_argument("--no-progress", action="store_true",
+                   help="do not show the progress bar (it is also off when $CI is set)")
+    return cmd_cache
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    """Run ``cache``: read allStar, select stars, build the spectra cache, print a summary.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed options of the ``cache`` subcommand.
+
+    Returns
+    -------
+    int
+        Exit status (0 on success).
+
+    Book: book/real_data.md.
+    """
+    from . import apogee
+    from .spectra_cache import build_spectra_cache
+
+    allstar = args.allstar or apogee.allstar_path(args.apogee_root, args.release)
+    print(f"reading {allstar}", file=sys.stderr)
+    df = apogee.read_allstar(allstar)
+    if args.selection == "rsca":
+        df = df.loc[apogee.rsca_giant_mask(df)].reset_index(drop=True)
+    if args.limit is not None:
+        if args.limit < 1:
+            raise SystemExit(f"--limit must be >= 1, got {args.limit}")
+        df = df.iloc[: args.limit].reset_index(drop=True)
+    print(f"{len(df)} stars selected ({args.selection})", file=sys.stderr)
+    cache = build_spectra_cache(df, args.out, apogee_root=args.apogee_root,
+                                release=args.release, skip_bad=args.skip_bad,
+                                n_jobs=args.jobs, progress=not args.no_progress,
+                                key_extra={"selection": args.selection,
+                                           "limit": args.limit,
+                                           "allstar": str(Path(allstar).resolve())},
+                                force=args.force)
+    summary = {"cache": str(cache.path), "n_stars": len(cache),
+               "n_skipped": len(cache.skipped), "key": cache.manifest["key"]}
+    print(json.dumps(summary))
+    for s in cache.skipped[:20]:
+        print(f"skipped {s['apogee_id']}: {s['reason']}", file=sys.stderr)
+    if len(cache.skipped) > 20:
+        print(f"... and {len(cache.skipped) - 20} more (see {cache.path}/manifest.json)",
+              file=sys.stderr)
+    return 0
+
+
+add_command("cache", help="build the spectra cache from a real DR16/DR17 SAS mirror")(
+    _configure_cache)
+
+
+# ---------------------------------------------------------------------------------------
+# entry point
+# ---------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser with one subparser per registered command.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+
+    Book: book/real_data.md.
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m helpers.survey",
+        description="Survey data of 'Measuring stars with machine learning'.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (configure, _, help_text) in _COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        run = configure(p)
+        p.set_defaults(_run=run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` (default ``sys.argv[1:]``) and run the chosen command.
+
+    Errors from bad input (missing or malformed files) are printed as one line naming
+    the file and the problem, with exit status 2.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+
+    Returns
+    -------
+    int
+        Exit status.
+
+    Book: book/real_data.md.
+    """
+    from .apogee import ApogeeFormatError
+    from .spectra_cache import SpectraCacheError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except (ApogeeFormatError, SpectraCacheError, FileNotFoundError, PermissionError,
+            IsADirectoryError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+# ---------------------------------------------------------------------------------------
+# generate (the synthetic survey, helpers.synthetic)
+# ---------------------------------------------------------------------------------------
+
+def _configure_generate(p: argparse.ArgumentParser):
+    from .synthetic import add_generate_arguments, run_generate
+    add_generate_arguments(p)
+    return run_generate
+
+
+add_command("generate", help="write a synthetic survey (allStar, aspcapStar, OCCAM, cache, "
+                             "JWST, truth)")(_configure_generate)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
