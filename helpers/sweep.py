@@ -1,0 +1,267 @@
+"""Run a chapter over a grid of parameters with papermill: parallel, resumable, tidy.
+
+Book: book/sweeps.md ("Running a chapter over a grid of parameters").
+
+Usage::
+
+    python -m helpers.sweep notebooks/06_dimensionality.md -p K 10 20 30 --seeds 0 1 2
+
+Every grid point (the Cartesian product of the ``-p`` values and the seeds) is executed
+by papermill into ``OUT/points/<point-id>.ipynb``; the chapter reports its numbers with
+:func:`record_result`, which writes them to ``OUT/points/<point-id>.json``. A point whose
+JSON says ``"status": "ok"`` is skipped on the next run (resumable); a point that fails is
+recorded with its error and does not stop the others. ``OUT/results.csv`` holds one row per
+grid point: the parameters, the recorded results, the status and the run time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import hashlib
+import itertools
+import json
+import multiprocessing
+import os
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["record_result", "grid_points", "point_id", "run_sweep", "main", "RESULTS_ENV"]
+
+#: Environment variable through which a sweep tells a chapter where to record its results.
+RESULTS_ENV = "STARS_BOOK_RESULTS"
+
+
+def record_result(**values) -> dict:
+    """Record a chapter's headline numbers for a parameter sweep.
+
+    Book: book/sweeps.md ("Recording results").
+
+    Inside a sweep (environment variable ``STARS_BOOK_RESULTS`` set by
+    :func:`run_sweep`) the values are merged into that JSON file; otherwise nothing is
+    written. Values must be JSON numbers, strings or booleans (numpy scalars are
+    converted).
+
+    Returns
+    -------
+    dict
+        The recorded values (so a chapter can also display them).
+    """
+    clean = {}
+    for key, value in values.items():
+        if hasattr(value, "item"):
+            value = value.item()
+        if not isinstance(value, (int, float, str, bool)) and value is not None:
+            raise TypeError(f"record_result: {key}={value!r} is not a number, string or bool")
+        clean[key] = value
+    path = os.environ.get(RESULTS_ENV)
+    if path:
+        p = Path(path)
+        data = json.loads(p.read_text()) if p.exists() else {}
+        data.setdefault("results", {}).update(clean)
+        tmp = p.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, p)
+    return clean
+
+
+def grid_points(params: dict, seeds=None, seed_name: str = "seed") -> list[dict]:
+    """The Cartesian product of parameter values (and seeds), as a list of dicts.
+
+    Book: book/sweeps.md.
+    """
+    grid = dict(params)
+    if seeds:
+        if seed_name in grid:
+            raise ValueError(f"give the seeds either with --seeds or with -p {seed_name}, not both")
+        grid[seed_name] = list(seeds)
+    if not grid:
+        raise ValueError("a sweep needs at least one parameter with values (-p NAME V1 V2 ...)")
+    names = list(grid)
+    for name in names:
+        if not grid[name]:
+            raise ValueError(f"parameter {name!r} has no values")
+    return [dict(zip(names, combo)) for combo in itertools.product(*(grid[n] for n in names))]
+
+
+def point_id(notebook: Path, point: dict) -> str:
+    """A stable short name of one grid point: readable parameters plus a hash."""
+    text = json.dumps({"notebook": Path(notebook).stem, **point}, sort_keys=True)
+    digest = hashlib.sha1(text.encode()).hexdigest()[:8]
+    readable = "_".join(f"{k}-{v}" for k, v in point.items())
+    readable = "".join(c if c.isalnum() or c in "-_." else "" for c in readable)[:60]
+    return f"{readable}_{digest}"
+
+
+def _notebook_parameters(notebook: Path) -> set:
+    import ast
+
+    import jupytext
+
+    nb = jupytext.read(notebook)
+    cells = [c for c in nb.cells if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])]
+    if len(cells) != 1:
+        raise ValueError(f"{notebook}: needs exactly one cell tagged 'parameters', found {len(cells)}")
+    names = set()
+    for node in ast.parse(cells[0].source).body:
+        if isinstance(node, ast.Assign):
+            names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+    return names
+
+
+def _run_point(notebook: str, source_ipynb: str, out_ipynb: str, out_json: str, point: dict,
+               timeout: float | None) -> dict:
+    """Execute one grid point in this (worker) process; return its record."""
+    import papermill as pm
+
+    os.environ[RESULTS_ENV] = out_json
+    record = {"notebook": notebook, "params": point, "status": "running", "results": {}}
+    Path(out_json).write_text(json.dumps(record))
+    start = time.perf_counter()
+    try:
+        pm.execute_notebook(source_ipynb, out_ipynb, parameters=point, cwd=str(Path(notebook).parent),
+                            kernel_name="python3", progress_bar=False, execution_timeout=timeout)
+        status, error = "ok", None
+    except Exception as exc:  # the point failed: record why, keep the others going
+        status, error = "error", f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+    record = json.loads(Path(out_json).read_text())
+    record.update(status=status, error=error, seconds=round(time.perf_counter() - start, 2))
+    Path(out_json).write_text(json.dumps(record, indent=1))
+    return record
+
+
+def run_sweep(notebook, params: dict, seeds=None, out=None, jobs: int = 2, seed_name: str = "seed",
+              timeout: float | None = None, progress: bool = True):
+    """Execute ``notebook`` at every grid point; return the tidy results table.
+
+    Book: book/sweeps.md.
+
+    Parameters
+    ----------
+    notebook : path
+        A chapter source ``notebooks/NN_topic.md`` (or an ``.ipynb``).
+    params : dict of str -> list
+        Values of each parameter; every name must be assigned in the chapter's
+        ``parameters`` cell.
+    seeds : list of int, optional
+        Seeds, swept as parameter ``seed_name``.
+    out : path, optional
+        Output folder (default ``.cache/sweeps/<chapter>``).
+    jobs : int
+        Grid points executed at once (each in its own process and kernel).
+    timeout : float, optional
+        Per-cell execution timeout in seconds.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per grid point: parameters, recorded results, ``status``, ``error``,
+        ``seconds``, ``point``. Also written to ``OUT/results.csv``.
+    """
+    import jupytext
+    import nbformat
+    import pandas as pd
+
+    from helpers.paths import cache_dir
+
+    notebook = Path(notebook).resolve()
+    if not notebook.is_file():
+        raise FileNotFoundError(f"no such chapter: {notebook}")
+    if int(jobs) != jobs or jobs < 1:
+        raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
+    points = grid_points(params, seeds, seed_name)
+    known = _notebook_parameters(notebook)
+    unknown = sorted(set(points[0]) - known)
+    if unknown:
+        raise ValueError(f"{notebook.name} has no parameter(s) {unknown}; its parameters are {sorted(known)}")
+    out = Path(out) if out else cache_dir("sweeps", notebook.stem)
+    (out / "points").mkdir(parents=True, exist_ok=True)
+    source = out / f"{notebook.stem}.source.ipynb"
+    nbformat.write(jupytext.read(notebook), source)
+
+    todo, records = [], {}
+    for point in points:
+        pid = point_id(notebook, point)
+        js = out / "points" / f"{pid}.json"
+        if js.exists():
+            rec = json.loads(js.read_text())
+            if rec.get("status") == "ok" and rec.get("params") == point:
+                records[pid] = rec
+                continue
+        todo.append((pid, point))
+    if progress:
+        print(f"sweep {notebook.name}: {len(points)} grid points, {len(records)} already done, "
+              f"{len(todo)} to run on {jobs} worker(s)", file=sys.stderr)
+    if todo:
+        ctx = multiprocessing.get_context("spawn")
+        with cf.ProcessPoolExecutor(max_workers=int(jobs), mp_context=ctx) as pool:
+            futures = {pool.submit(_run_point, str(notebook), str(source),
+                                   str(out / "points" / f"{pid}.ipynb"),
+                                   str(out / "points" / f"{pid}.json"), point, timeout): pid
+                       for pid, point in todo}
+            for fut in cf.as_completed(futures):
+                pid = futures[fut]
+                rec = fut.result()
+                records[pid] = rec
+                if progress:
+                    print(f"  {pid}: {rec['status']} ({rec.get('seconds', 0):.1f} s)"
+                          + (f" -- {rec['error']}" if rec.get("error") else ""), file=sys.stderr)
+    rows = []
+    for point in points:
+        pid = point_id(notebook, point)
+        rec = records[pid]
+        rows.append({**point, **rec.get("results", {}), "status": rec["status"],
+                     "error": rec.get("error"), "seconds": rec.get("seconds"), "point": pid})
+    table = pd.DataFrame(rows)
+    table.to_csv(out / "results.csv", index=False)
+    return table
+
+
+def _parse_value(text: str):
+    import yaml
+
+    value = yaml.safe_load(text)
+    return value if isinstance(value, (int, float, str, bool)) else text
+
+
+def main(argv=None) -> int:
+    """Command line: ``python -m helpers.sweep CHAPTER -p NAME V1 V2 ... [--seeds S ...]``.
+
+    Book: book/sweeps.md.
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m helpers.sweep",
+        description="Execute a chapter over a grid of parameters with papermill (parallel, "
+                    "resumable) and write a tidy results table OUT/results.csv.")
+    parser.add_argument("notebook", type=Path, help="chapter source, e.g. notebooks/06_dimensionality.md")
+    parser.add_argument("-p", "--param", nargs="+", action="append", default=[], metavar=("NAME", "VALUE"),
+                        help="a parameter and its values (repeat -p for a grid); values are read as YAML "
+                             "(10 is an int, 0.5 a float, true a bool)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, metavar="S",
+                        help="seeds to sweep, passed as the chapter's seed parameter")
+    parser.add_argument("--seed-name", default="seed", help="name of the seed parameter (default: seed)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default: .cache/sweeps/<chapter>)")
+    parser.add_argument("--jobs", type=int, default=2, help="grid points run at once (default: 2)")
+    parser.add_argument("--timeout", type=float, default=None, help="per-cell timeout in seconds")
+    args = parser.parse_args(argv)
+    params = {}
+    for entry in args.param:
+        if len(entry) < 2:
+            parser.error(f"-p {entry[0]} needs at least one value")
+        params[entry[0]] = [_parse_value(v) for v in entry[1:]]
+    try:
+        table = run_sweep(args.notebook, params, args.seeds, args.out, args.jobs, args.seed_name, args.timeout)
+    except (ValueError, FileNotFoundError) as exc:
+        parser.error(str(exc))
+    failed = table[table["status"] != "ok"]
+    print(table.to_string(index=False))
+    if len(failed):
+        print(f"{len(failed)} of {len(table)} grid points failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

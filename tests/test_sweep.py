@@ -1,0 +1,83 @@
+"""The papermill sweep command (book/sweeps.md) on a tiny chapter."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from helpers.sweep import grid_points, main, point_id, run_sweep
+
+TINY = """---
+jupytext:
+  text_representation:
+    extension: .md
+    format_name: myst
+kernelspec:
+  display_name: Python 3
+  language: python
+  name: python3
+---
+
+# Tiny
+
+```{code-cell} ipython3
+:tags: [parameters]
+
+K = 1
+seed = 0
+```
+
+```{code-cell} ipython3
+from helpers.sweep import record_result
+
+if K == 3:
+    raise RuntimeError("K = 3 is broken on purpose")
+record_result(square=K * K, seed_plus=seed + 100)
+```
+"""
+
+
+@pytest.fixture()
+def tiny(tmp_path):
+    path = tmp_path / "99_tiny.md"
+    path.write_text(TINY)
+    return path
+
+
+def test_grid_points():
+    pts = grid_points({"K": [1, 2]}, seeds=[0, 1])
+    assert pts == [{"K": 1, "seed": 0}, {"K": 1, "seed": 1}, {"K": 2, "seed": 0}, {"K": 2, "seed": 1}]
+    with pytest.raises(ValueError, match="not both"):
+        grid_points({"seed": [1]}, seeds=[2])
+
+
+def test_sweep_table_resume_and_failure(tiny, tmp_path):
+    out = tmp_path / "out"
+    table = run_sweep(tiny, {"K": [1, 2, 3]}, seeds=[0, 1], out=out, jobs=2, progress=False)
+    assert len(table) == 6
+    ok = table[table.status == "ok"]
+    assert sorted(ok["square"].astype(int).tolist()) == [1, 1, 4, 4]
+    assert sorted(ok["seed_plus"].astype(int).tolist()) == [100, 100, 101, 101]
+    failed = table[table.status == "error"]
+    assert len(failed) == 2 and failed["error"].str.contains("broken on purpose").all()
+    assert (out / "results.csv").exists()
+    assert len(pd.read_csv(out / "results.csv")) == 6
+
+    # a rerun skips the finished points (their executed notebooks are left untouched)
+    done = out / "points" / f"{point_id(tiny, {'K': 1, 'seed': 0})}.ipynb"
+    stamp = done.stat().st_mtime_ns
+    again = run_sweep(tiny, {"K": [1, 2, 3]}, seeds=[0, 1], out=out, jobs=2, progress=False)
+    assert done.stat().st_mtime_ns == stamp
+    assert again.drop(columns=["seconds", "error"]).equals(table.drop(columns=["seconds", "error"]))
+
+
+def test_unknown_parameter_is_named(tiny, tmp_path):
+    with pytest.raises(ValueError, match="no parameter"):
+        run_sweep(tiny, {"nope": [1]}, out=tmp_path / "o", progress=False)
+
+
+def test_command_line_exit_code(tiny, tmp_path, capsys):
+    assert main([str(tiny), "-p", "K", "2", "--out", str(tmp_path / "cli"), "--jobs", "1"]) == 0
+    rec = json.loads(next((tmp_path / "cli" / "points").glob("*.json")).read_text())
+    assert rec["results"]["square"] == 4
+    assert main([str(tiny), "-p", "K", "3", "--out", str(tmp_path / "cli2"), "--jobs", "1"]) == 1
