@@ -31,6 +31,7 @@ __all__ = [
     "windows_to_mask",
     "windows_in_angstrom",
     "PAPER_ISM_WINDOWS",
+    "band_coverage",
 ]
 
 #: The interstellar windows de Mijolla & Ness masked, as 0-based pixel slices
@@ -293,3 +294,36 @@ def windows_in_angstrom(windows, wavelength) -> list[tuple[float, float]]:
     """
     wavelength = np.asarray(wavelength)
     return [(float(wavelength[a]), float(wavelength[b - 1])) for a, b in windows]
+
+
+def band_coverage(windows, wavelength, centres, half_widths, margin_angstrom: float = 1.0):
+    """Whether each band ``centre +- half_width`` lies inside one window with a margin to spare.
+
+    Book: chapter 4, "Checking the windows against the truth".
+
+    Parameters
+    ----------
+    windows : list of (start, stop)
+        Pixel windows (python-slice convention).
+    wavelength : ndarray, shape (n_pixels,)
+    centres, half_widths : array_like, shape (n_bands,)
+        Angstrom.
+    margin_angstrom : float
+        Required spare wavelength on each side.
+
+    Returns
+    -------
+    covered : ndarray of bool, shape (n_bands,)
+    spare : ndarray, shape (n_bands,)
+        The smaller of the two spare margins (A); negative when not covered, -inf when no
+        window overlaps the band.
+    """
+    spans = windows_in_angstrom(windows, wavelength)
+    centres = np.atleast_1d(np.asarray(centres, float))
+    half = np.broadcast_to(np.asarray(half_widths, float), centres.shape)
+    spare = np.full(centres.shape, -np.inf)
+    for i, (c, h) in enumerate(zip(centres, half)):
+        for lo, hi in spans:
+            if lo <= c <= hi:
+                spare[i] = max(spare[i], min(c - h - lo, hi - (c + h)))
+    return spare >= margin_angstrom, spare

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from helpers.apogee import chip_mask, wavelength_grid
-from helpers.masking import (WindowRule, censor, censored_fractions, find_windows,
+from helpers.masking import (WindowRule, band_coverage, censor, censored_fractions, find_windows,
                              residual_curve, windows_in_angstrom, windows_to_mask)
 
 
@@ -82,3 +82,11 @@ def test_residual_curve_finds_a_feature_missing_from_the_reference():
     obs_test = rng.random(test.shape) > 0.03
     curve = residual_curve(ref, obs_ref, test, obs_test, n_components=k)
     assert curve[195:206].mean() > 5 * np.median(curve)
+
+
+def test_band_coverage():
+    wave = wavelength_grid()
+    win = [(int(np.searchsorted(wave, 15260.0)), int(np.searchsorted(wave, 15285.0)))]
+    covered, spare = band_coverage(win, wave, [15272.4, 15272.4, 15616.5], [3.0, 12.0, 1.0])
+    assert covered.tolist() == [True, False, False]
+    assert 8.5 < spare[0] < 9.7 and spare[1] < 1.0 and spare[2] == -np.inf
