@@ -127,22 +127,20 @@ def main(argv=None) -> int:
     peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
 
     import numpy as np
-    from helpers import apogee
+    import pandas as pd
     from helpers import synthetic as syn
     s = syn.load_survey(out)
     a = s.allstar
-    sel = apogee.rsca_giant_mask(a)
-    field = (s.truth.CLUSTER == "").to_numpy()
-    m = s.occam_members.merge(a.assign(sel=sel)[["APOGEE_ID", "sel"]], on="APOGEE_ID")
-    keep = m[(m.CG_PROB > 0.8) & m.sel & (m.APOGEE_ID != syn.EXCLUDED_STAR)]
-    counts = keep.CLUSTER.value_counts()
-    counts = counts[counts > 1]
+    from helpers.selection import select_rsca_sample
+
+    chosen = select_rsca_sample(a, s.occam_members)
+    counts = pd.Series(chosen.cluster_labels).value_counts()
     sizes = {part: du(out / part) for part in ("cache", "jwst", "sas")}
     sizes["truth.npz"] = (out / "truth.npz").stat().st_size
     res = {
         "n_field": args.n_field, "n_jwst": args.n_jwst, "n_files": int(s.truth.HAS_FILE.sum()),
         "n_stars": int(len(a)), "threads": args.threads,
-        "selected_field_giants": int(sel[field].sum()),
+        "selected_field_giants": int(chosen.field_rows.size),
         "cluster_stars_after_cuts": int(counts.sum()), "clusters_after_cuts": int(len(counts)),
         "median_snr": float(np.median(a.SNR)),
         "wall_s": round(wall, 1), "generate_s": round(child["wall_s"], 1),

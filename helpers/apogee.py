@@ -38,7 +38,6 @@ __all__ = [
     "read_allstar", "write_allstar", "read_aspcapstar", "write_aspcapstar",
     "read_occam_members", "read_occam_clusters",
     "write_occam_members", "write_occam_clusters",
-    "rsca_giant_mask",
 ]
 
 # ---------------------------------------------------------------------------------------
@@ -651,40 +650,6 @@ def write_allstar(path, table, elem_symbol: Sequence[str], release: str = "dr16"
         fits.Column(name="ELEMTOH", format=f"{len(elems)}I", array=elemtoh),
     ])
     return _atomic_writeto(fits.HDUList([primary, hdu1, hdu2, hdu3]), path)
-
-
-def rsca_giant_mask(df: pd.DataFrame, elements: Sequence[str] = RSCA_ELEMENTS) -> np.ndarray:
-    """The RSCA field-giant selection on an allStar DataFrame.
-
-    4000 < TEFF < 5000 K, 1.5 < LOGG < 3.0, ``STAR_BAD`` unset in ASPCAPFLAG and none of the
-    ``X_H_<EL>`` of ``elements`` equal to -9999.99 (or non-finite).
-
-    Parameters
-    ----------
-    df : pandas.DataFrame
-        As returned by :func:`read_allstar` (needs TEFF, LOGG, ASPCAPFLAG, X_H_<EL>).
-    elements : sequence of str
-        Elements that must all be measured; default the 21 :data:`RSCA_ELEMENTS`.
-
-    Returns
-    -------
-    numpy.ndarray of bool, shape (len(df),)
-
-    Book: chapter 2, 'The survey's files' (notebooks/02_survey.md).
-    """
-    need = ["TEFF", "LOGG", "ASPCAPFLAG"] + [f"X_H_{e}" for e in elements]
-    missing = [c for c in need if c not in df.columns]
-    if missing:
-        raise KeyError(f"rsca_giant_mask: DataFrame lacks column(s) {missing} "
-                       f"(source {df.attrs.get('source', '?')})")
-    teff = df["TEFF"].to_numpy(dtype=float)
-    logg = df["LOGG"].to_numpy(dtype=float)
-    ok = (teff > 4000) & (teff < 5000) & (logg > 1.5) & (logg < 3.0)
-    ok &= ~flag_set(df["ASPCAPFLAG"].to_numpy(), "STAR_BAD", ASPCAPFLAG_BITS)
-    for e in elements:
-        x = df[f"X_H_{e}"].to_numpy(dtype=float)
-        ok &= np.isfinite(x) & (x != np.float32(MISSING)) & (x > MISSING + 1)
-    return ok
 
 
 # ---------------------------------------------------------------------------------------

@@ -19,7 +19,8 @@ import pandas as pd
 
 from helpers.apogee import ASPCAPFLAG_BITS, MISSING, RSCA_ELEMENTS, flag_set
 
-__all__ = ["SelectionParams", "Selection", "field_cut_masks", "cut_table", "select_rsca_sample"]
+__all__ = ["SelectionParams", "Selection", "field_cut_masks", "passes_field_cuts", "cut_table",
+           "select_rsca_sample"]
 
 #: The star de Mijolla & Ness removed from their cluster set (section 4.1).
 PAPER_EXCLUDED_IDS = ("2M19203303+3755558",)
@@ -151,6 +152,18 @@ def field_cut_masks(allstar: pd.DataFrame, params: SelectionParams = SelectionPa
     return masks
 
 
+def passes_field_cuts(allstar: pd.DataFrame, params: SelectionParams = SelectionParams()) -> np.ndarray:
+    """Rows passing every field cut of :func:`field_cut_masks` (before cluster matching).
+
+    Book: chapter 3, "The field cuts".
+
+    Returns
+    -------
+    ndarray of bool, shape (len(allstar),)
+    """
+    return np.logical_and.reduce(list(field_cut_masks(allstar, params).values()))
+
+
 def cut_table(masks: dict, n_start: int) -> pd.DataFrame:
     """Apply masks one after another and count what each removes.
 
@@ -202,7 +215,7 @@ def select_rsca_sample(allstar: pd.DataFrame, occam_members: pd.DataFrame,
     """
     _require(occam_members, ["CLUSTER", "APOGEE_ID", "CG_PROB"], "OCCAM member table")
     masks = field_cut_masks(allstar, params)
-    good = np.logical_and.reduce(list(masks.values()))
+    good = np.logical_and.reduce(list(masks.values()))  # = passes_field_cuts
     ids = allstar["APOGEE_ID"].astype(str).str.strip().to_numpy()
     excluded = np.isin(ids, np.asarray(params.exclude_ids, dtype=str))
 

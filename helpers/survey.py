@@ -115,7 +115,9 @@ def cmd_cache(args: argparse.Namespace) -> int:
     print(f"reading {allstar}", file=sys.stderr)
     df = apogee.read_allstar(allstar)
     if args.selection == "rsca":
-        df = df.loc[apogee.rsca_giant_mask(df)].reset_index(drop=True)
+        from .selection import passes_field_cuts
+
+        df = df.loc[passes_field_cuts(df)].reset_index(drop=True)
     if args.limit is not None:
         if args.limit < 1:
             raise SystemExit(f"--limit must be >= 1, got {args.limit}")

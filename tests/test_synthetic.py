@@ -7,7 +7,6 @@ responses, and the non-chemical imprints moving as they should.
 """
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ import pytest
 from helpers import apogee
 from helpers import synthetic as syn
 from helpers.chemistry import ELEMENTS
+from helpers.selection import passes_field_cuts, select_rsca_sample
 
 TINY = syn.SurveyParams(n_field=300, n_jwst=20, n_files=25, seed=7)
 MEDIUM = syn.SurveyParams(n_field=3000, n_jwst=0, n_files=0, seed=11)
@@ -127,7 +127,7 @@ def test_flags_and_missing_values(medium):
     any_missing = (x == np.float32(apogee.MISSING)).any(axis=1)
     assert 0.03 < any_missing.mean() < 0.10
     assert (a.X_H_Fe != np.float32(apogee.MISSING)).all()
-    sel = apogee.rsca_giant_mask(a)
+    sel = passes_field_cuts(a)
     assert 0.4 < sel[medium.truth.CLUSTER.to_numpy() == ""].mean() < 0.75
 
 
@@ -269,12 +269,11 @@ def test_cluster_scatter_and_selection(medium):
     x = mem[[f"X_FE_{e}" for e in ELEMENTS if e != "Fe"]]
     sd = x.groupby(mem.CLUSTER).std().median().median()
     assert 0.01 <= sd <= 0.03
-    a = medium.allstar.assign(sel=apogee.rsca_giant_mask(medium.allstar))
+    a = medium.allstar.assign(sel=passes_field_cuts(medium.allstar))
     m = medium.occam_members.merge(a[["APOGEE_ID", "sel"]], on="APOGEE_ID")
-    keep = m[(m.CG_PROB > 0.8) & m.sel & (m.APOGEE_ID != syn.EXCLUDED_STAR)]
-    counts = keep.CLUSTER.value_counts()
-    counts = counts[counts > 1]
-    assert 150 <= counts.sum() <= 230 and len(counts) >= 20
+    chosen = select_rsca_sample(medium.allstar, medium.occam_members)
+    keep = a.iloc[chosen.cluster_rows]
+    assert 150 <= chosen.cluster_rows.size <= 230 and chosen.n_clusters >= 20
     # the CG_PROB cut matters both ways
     is_mem = dict(zip(t.APOGEE_ID, t.IS_MEMBER))
     assert not all(is_mem[i] for i in keep.APOGEE_ID)
@@ -290,7 +289,7 @@ def test_cluster_scatter_and_selection(medium):
 
 def test_alpha_bimodality_in_the_catalogue(medium):
     a = medium.allstar
-    sel = apogee.rsca_giant_mask(a) & (a.FE_H > -0.6).to_numpy() & (a.FE_H < -0.2).to_numpy()
+    sel = passes_field_cuts(a) & (a.FE_H > -0.6).to_numpy() & (a.FE_H < -0.2).to_numpy()
     al = a.ALPHA_M.to_numpy()[sel]
     low = np.mean((al > 0.06) & (al < 0.10))
     valley = np.mean((al > 0.15) & (al < 0.19))
