@@ -34,7 +34,7 @@ def test_velocity_binned_residuals_moves_with_velocity():
     v = np.array([-100.0, -100.0, 0.0, 100.0])
     centre = 16000.0
     residual = np.stack([gaussian_band(wave, centre / (1 + vi / C_KMS), 0.3, 0.1) for vi in v])
-    w, vc, image = velocity_binned_residuals(residual, np.ones(4), v, centre, bins=[-110, -90, -10, 10, 90, 110])
+    w, vc, image = velocity_binned_residuals(residual, np.ones(4), v, centre, half_width=8.0, bins=[-110, -90, -10, 10, 90, 110])
     peaks = w[np.argmax(image[[0, 2, 4]], axis=1)]
     expected = centre / (1 + np.array([-100, 0, 100]) / C_KMS)
     assert np.all(np.abs(peaks - expected) < 2 * np.median(np.diff(w)))
