@@ -341,9 +341,11 @@ def sample_cluster_labels(clusters: pd.DataFrame, model: ChemicalModel,
     Book: chapter 2, 'Open clusters' (notebooks/02_survey.md).
 
     Each cluster gets Poisson(``member_factor * NUM_STARS``) true members (at least 6) spread
-    along a giant branch (:func:`giant_branch`), with [Fe/H] and [X/Fe] equal to the
-    cluster means plus ``scatter`` (dex) per element, and a latent vector projected from
-    the means.  Contaminants (``contaminant_fraction`` of the members, at least one per
+    along a giant branch (:func:`giant_branch`). The cluster's latent vector is projected
+    from the real OCCAM mean abundances; its mean [X/Fe] is the chemical model at that
+    latent vector plus one draw of the model's intrinsic scatter (so clusters live in the
+    same n_latent-dimensional space as the field); members add ``scatter`` (dex) per
+    element.  Contaminants (``contaminant_fraction`` of the members, at least one per
     cluster) are field-like stars in the same direction with RVs near the cluster's.
 
     Parameters
@@ -370,9 +372,15 @@ def sample_cluster_labels(clusters: pd.DataFrame, model: ChemicalModel,
     rows = []
     alpha_idx = [ELEMENTS.index(e) for e in ("O", "Mg", "Si", "S", "Ca", "Ti")]
     for _, c in clusters.iterrows():
-        mean_x = _cluster_x_fe(c)
-        lat = model.project(mean_x[None, :], np.array([c.FE_H]))[0]
-        lat[1] = float(np.mean(mean_x[alpha_idx]))  # alpha coordinate from alpha elements
+        real_x = _cluster_x_fe(c)
+        lat = model.project(real_x[None, :], np.array([c.FE_H]))[0]
+        lat[1] = float(np.mean(real_x[alpha_idx]))  # alpha coordinate from alpha elements
+        # The cluster's mean chemistry follows the same latent model as the field: the real
+        # OCCAM means only place it in latent space. Like one field star, the birth cloud
+        # gets its own per-element intrinsic deviation, drawn once and shared by its
+        # members; so the survey has exactly n_latent chemical dimensions plus isotropic
+        # scatter, and chapter 6 can check whether the method finds that number.
+        mean_x = model.x_fe(lat[None, :], rng)[0]
         n_mem = max(6, rng.poisson(member_factor * float(c.NUM_STARS)))
         n_con = max(1, rng.poisson(contaminant_fraction * n_mem))
         teff, logg = giant_branch(n_mem, float(c.FE_H), rng)
