@@ -175,7 +175,8 @@ def run_sweep(notebook, params: dict, seeds=None, out=None, jobs: int = 2, seed_
     unknown = sorted(set(points[0]) - known)
     if unknown:
         raise ValueError(f"{notebook.name} has no parameter(s) {unknown}; its parameters are {sorted(known)}")
-    out = Path(out) if out else cache_dir("sweeps", notebook.stem)
+    # absolute: each grid point runs with the chapter's folder as working directory
+    out = Path(out).resolve() if out else cache_dir("sweeps", notebook.stem)
     (out / "points").mkdir(parents=True, exist_ok=True)
     source = out / f"{notebook.stem}.source.ipynb"
     nbformat.write(jupytext.read(notebook), source)
@@ -222,7 +223,10 @@ def _parse_value(text: str):
     import yaml
 
     value = yaml.safe_load(text)
-    return value if isinstance(value, (int, float, str, bool)) else text
+    scalar = (int, float, str, bool)
+    if isinstance(value, list) and all(isinstance(v, scalar) for v in value):
+        return value  # a list-valued parameter, e.g. -p K_values "[5, 10, 15]" (one grid value)
+    return value if isinstance(value, scalar) else text
 
 
 def main(argv=None) -> int:
@@ -237,7 +241,7 @@ def main(argv=None) -> int:
     parser.add_argument("notebook", type=Path, help="chapter source, e.g. notebooks/06_dimensionality.md")
     parser.add_argument("-p", "--param", nargs="+", action="append", default=[], metavar=("NAME", "VALUE"),
                         help="a parameter and its values (repeat -p for a grid); values are read as YAML "
-                             "(10 is an int, 0.5 a float, true a bool)")
+                             "(10 is an int, 0.5 a float, true a bool, \"[5, 10]\" one list value)")
     parser.add_argument("--seeds", nargs="+", type=int, default=None, metavar="S",
                         help="seeds to sweep, passed as the chapter's seed parameter")
     parser.add_argument("--seed-name", default="seed", help="name of the seed parameter (default: seed)")

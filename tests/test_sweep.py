@@ -81,3 +81,13 @@ def test_command_line_exit_code(tiny, tmp_path, capsys):
     rec = json.loads(next((tmp_path / "cli" / "points").glob("*.json")).read_text())
     assert rec["results"]["square"] == 4
     assert main([str(tiny), "-p", "K", "3", "--out", str(tmp_path / "cli2"), "--jobs", "1"]) == 1
+
+
+def test_relative_out_and_list_values(tiny, tmp_path, monkeypatch):
+    """--out relative to the caller's folder (the chapter runs in its own); YAML list values."""
+    monkeypatch.chdir(tmp_path)
+    assert main([str(tiny), "-p", "K", "2", "-p", "seed", "[1, 2]", "--out", "rel", "--jobs", "1"]) == 1
+    rec = json.loads(next((tmp_path / "rel" / "points").glob("*.json")).read_text())
+    assert rec["params"] == {"K": 2, "seed": [1, 2]}   # one list value reached the chapter
+    assert main([str(tiny), "-p", "K", "2", "--out", "rel2", "--jobs", "1"]) == 0
+    assert pd.read_csv(tmp_path / "rel2" / "results.csv")["square"].tolist() == [4]
