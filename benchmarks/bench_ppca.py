@@ -5,6 +5,8 @@ Usage (from the repository root)::
     .venv/bin/python benchmarks/bench_ppca.py all            # everything, ~10 min
     .venv/bin/python benchmarks/bench_ppca.py all --quick    # small sizes, ~1 min
     .venv/bin/python benchmarks/bench_ppca.py compare|paper|scaling|gemm|ab
+    .venv/bin/python benchmarks/bench_ppca.py fast           # method='fast': ~5 min
+    .venv/bin/python benchmarks/bench_ppca.py fast-vs-exact-paper   # both, same files, ~6 min
 
 Results are merged into benchmarks/results/ppca.json (or ppca_quick.json with --quick).
 Synthetic data: rank-30 'spectra' (continuum 1, component amplitudes decaying as
@@ -162,10 +164,34 @@ def write_memmaps(N, D, seed=2, block=4000):
     return fx, fm, basis, n_miss / (N * D)
 
 
-def bench_paper(N, D, K, gflops):
+def bench_paper(N, D, K, gflops, method="exact"):
+    """Paper-scale memmap fit with one method (or, given a tuple, each method in turn on
+    the same files; then also the principal angles between their subspaces)."""
+    methods = (method,) if isinstance(method, str) else tuple(method)
     t = time.perf_counter()
     fx, fm, basis, miss = write_memmaps(N, D)
     t_write = time.perf_counter() - t
+    try:
+        runs = {m: _paper_fit(fx, fm, basis, miss, t_write, N, D, K, gflops, m)
+                for m in methods}
+    finally:
+        for f in (fx, fm):
+            Path(f).unlink(missing_ok=True)
+    if len(methods) == 1:
+        return runs[methods[0]][0]
+    out = {m: r for m, (r, _) in runs.items()}
+    if {"exact", "fast"} <= set(methods):
+        a = angles_deg(runs["fast"][1].T, runs["exact"][1].T)
+        out["angle_fast_vs_exact_max_deg"] = float(a.max())
+        out["angle_fast_vs_exact_median_deg"] = float(np.median(a))
+        out["wall_ratio_exact_over_fast"] = out["exact"]["wall_s"] / out["fast"]["wall_s"]
+        out["iter_median_ratio_exact_over_fast"] = (out["exact"]["iter_median_s"]
+                                                    / out["fast"]["iter_median_s"])
+        out["sigma2_fast_over_exact_minus_1"] = out["fast"]["sigma2"] / out["exact"]["sigma2"] - 1
+    return out
+
+
+def _paper_fit(fx, fm, basis, miss, t_write, N, D, K, gflops, method):
     # fit in a fresh process so that its peak RSS is the fit's alone
     code = (
         "import sys, time, resource, json, numpy as np\n"
@@ -185,7 +211,7 @@ def bench_paper(N, D, K, gflops):
         "        time.sleep(0.05)\n"
         "th = threading.Thread(target=sample, daemon=True); th.start()\n"
         "t = time.perf_counter()\n"
-        f"p = PPCA({K}, tol=1e-5, chunk_size=2048).fit(X, mask=M)\n"
+        f"p = PPCA({K}, tol=1e-5, chunk_size=2048, method={method!r}).fit(X, mask=M)\n"
         "dt = time.perf_counter() - t\n"
         f"np.save({str(WORK / 'paper_C.npy')!r}, p.components_)\n"
         "print(json.dumps(dict(wall_s=dt, n_iter=int(p.n_iter_), converged=bool(p.converged_),"
@@ -202,16 +228,121 @@ def bench_paper(N, D, K, gflops):
     res = json.loads(r.stdout.strip().splitlines()[-1])
     C = np.load(WORK / "paper_C.npy")
     res["angle_vs_truth_max_deg"] = float(angles_deg(C.T, true_axes(basis, K)).max())
-    res.update(N=N, D=D, K=K, missing_fraction=miss, write_s=t_write,
+    res.update(N=N, D=D, K=K, method=method, missing_fraction=miss, write_s=t_write,
                file_gb=(fx.stat().st_size + fm.stat().st_size) / 1e9)
     n_missing = miss * N * D
     it = np.median(res["iter_s"])
     res["iter_median_s"] = float(it)
     res["gflops_per_iter"] = flops_per_iter(N, D, K, n_missing) / it / 1e9
     res["fraction_of_gemm"] = res["gflops_per_iter"] / gflops
-    for f in (fx, fm, WORK / "paper_C.npy"):
-        Path(f).unlink(missing_ok=True)
-    return res
+    if method == "fast":   # no per-star K x K products: count the two chunk GEMMs only
+        res["gflops_per_iter"] = 2 * (2.0 * N * D * (K + 1)) / it / 1e9
+        res["fraction_of_gemm"] = res["gflops_per_iter"] / gflops
+        res["flops_counted"] = "the two chunk GEMMs only (X @ [W m], X^T @ [Z 1])"
+    (WORK / "paper_C.npy").unlink(missing_ok=True)
+    return res, C
+
+
+# ------------------------------------------------------------------------------ fast
+def _pyppca_child(X32, obs, K):
+    """pyppca 0.0.4 in a child process: (wall s, iterations, sigma2, peak RSS GB, C)."""
+    np.save(WORK / "cmp_X.npy", np.where(obs, X32, np.nan).astype(np.float64))
+    code = (
+        "import numpy as np, time, resource, io, contextlib, sys\n"
+        "from pyppca import ppca\n"
+        f"Y = np.load({str(WORK / 'cmp_X.npy')!r})\n"
+        "np.random.seed(0)\n"
+        "buf = io.StringIO()\n"
+        "t = time.perf_counter()\n"
+        f"with contextlib.redirect_stdout(buf): C, ss, M, Xl, Ye = ppca(Y, {K}, True)\n"
+        "dt = time.perf_counter() - t\n"
+        f"np.save({str(WORK / 'cmp_C.npy')!r}, C)\n"
+        "print(dt, len(buf.getvalue().splitlines()), ss,"
+        " resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    dt, nit, ss, rss = r.stdout.split()
+    C = np.load(WORK / "cmp_C.npy")
+    for f in ("cmp_X.npy", "cmp_C.npy"):
+        (WORK / f).unlink(missing_ok=True)
+    return float(dt), int(nit), float(ss), float(rss), C
+
+
+def bench_fast(N, D, K, seed=1, reps=2):
+    """pyppca vs PPCA(method='exact') vs PPCA(method='fast'), one run, same data, all at a
+    relative objective change of 1e-4; ours alternate exact/fast `reps` times (best kept)."""
+    basis, _ = make_basis(D, seed)
+    rng = np.random.default_rng(seed + 1)
+    X32, obs = make_block(rng, N, D, basis)
+    truth = true_axes(basis, K)
+    out = {"N": N, "D": D, "K": K, "missing_fraction": float(1 - obs.mean()), "tol": 1e-4,
+           "load_avg_before": os.getloadavg()}
+    fits = {}
+    for _ in range(reps):
+        for method in ("exact", "fast"):
+            t = time.perf_counter()
+            p = PPCA(K, tol=1e-4, method=method).fit(X32, mask=obs)
+            dt = time.perf_counter() - t
+            if method not in fits or dt < out[f"{method}_s"]:
+                fits[method] = p
+                out[f"{method}_s"] = dt
+            out.setdefault(f"{method}_all_s", []).append(dt)
+            print(f"  {method}: {dt:.2f} s", flush=True)
+    dt, nit, ss, rss, C = _pyppca_child(X32, obs, K)
+    out.update(pyppca_s=dt, pyppca_iter=nit, noise_variance_pyppca=ss, pyppca_peak_rss_gb=rss)
+    print(f"  pyppca: {dt:.2f} s", flush=True)
+    for method, p in fits.items():
+        out[f"{method}_iter"] = int(p.n_iter_)
+        out[f"{method}_scan_s"] = p.timings_["scan"]
+        out[f"{method}_start_s"] = p.timings_["start"]
+        out[f"{method}_iter_s"] = p.timings_["iterations"]
+        out[f"{method}_history"] = p.history_.tolist()
+        out[f"noise_variance_{method}"] = p.noise_variance_
+        out[f"angle_{method}_vs_truth_max_deg"] = float(angles_deg(p.components_.T, truth).max())
+        a = angles_deg(p.components_.T, C)
+        out[f"angle_{method}_vs_pyppca_max_deg"] = float(a.max())
+        out[f"speed_ratio_pyppca_over_{method}"] = out["pyppca_s"] / out[f"{method}_s"]
+    out["cg_steps_fast"] = list(map(int, fits["fast"].cg_steps_))
+    out["angle_pyppca_vs_truth_max_deg"] = float(angles_deg(C, truth).max())
+    a = angles_deg(fits["fast"].components_.T, fits["exact"].components_.T)
+    out["angle_fast_vs_exact_max_deg"] = float(a.max())
+    out["angle_fast_vs_exact_median_deg"] = float(np.median(a))
+    out["noise_variance_fast_over_exact_minus_1"] = (fits["fast"].noise_variance_
+                                                      / fits["exact"].noise_variance_ - 1)
+    out["mean_fast_minus_exact_max_abs"] = float(np.abs(fits["fast"].mean_
+                                                        - fits["exact"].mean_).max())
+    out["speed_ratio_exact_over_fast"] = out["exact_s"] / out["fast_s"]
+    # the same fit run further (tol 1e-6, fixed number of iterations) to compare fixed points
+    e = PPCA(K, tol=0.0, max_iter=8).fit(X32, mask=obs)
+    f = PPCA(K, tol=0.0, max_iter=8, method="fast").fit(X32, mask=obs)
+    a = angles_deg(f.components_.T, e.components_.T)
+    out["after_8_iter"] = dict(
+        angle_fast_vs_exact_max_deg=float(a.max()),
+        noise_variance_fast_over_exact_minus_1=f.noise_variance_ / e.noise_variance_ - 1,
+        mean_fast_minus_exact_max_abs=float(np.abs(f.mean_ - e.mean_).max()),
+        history_fast_minus_exact_rel=((f.history_ - e.history_) / np.abs(e.history_)).tolist(),
+        exact_iter_median_s=float(np.median(e.timings_["iterations"])),
+        fast_iter_median_s=float(np.median(f.timings_["iterations"])))
+    out["load_avg_after"] = os.getloadavg()
+    return out
+
+
+def bench_iter_inmemory(N, D, K, seed=1, reps=2):
+    """Seconds per EM iteration, exact vs fast, in-memory data (no file reads), alternating."""
+    basis, _ = make_basis(D, seed)
+    X, obs = make_block(np.random.default_rng(seed + 1), N, D, basis)
+    out = {"N": N, "D": D, "K": K, "gemm_gflops_before": gemm_gflops(), "runs": []}
+    for _ in range(reps):
+        for method in ("exact", "fast"):
+            p = PPCA(K, tol=0.0, max_iter=2, method=method).fit(X, mask=obs)
+            out["runs"].append(dict(method=method, iter_s=p.timings_["iterations"],
+                                    scan_s=p.timings_["scan"], start_s=p.timings_["start"]))
+            print(f"  {method}: iterations {np.round(p.timings_['iterations'], 2)}", flush=True)
+    for m in ("exact", "fast"):
+        out[f"{m}_iter_median_s"] = float(np.median(
+            [t for r in out["runs"] if r["method"] == m for t in r["iter_s"]]))
+    out["iter_ratio_exact_over_fast"] = out["exact_iter_median_s"] / out["fast_iter_median_s"]
+    out["gemm_gflops_after"] = gemm_gflops()
+    return out
 
 
 # ------------------------------------------------------------------------------ scaling
@@ -271,7 +402,8 @@ def bench_ab(N, D, K, reps=2, n_iter=3):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["all", "compare", "paper", "scaling", "gemm", "ab"])
+    ap.add_argument("what", choices=["all", "compare", "paper", "scaling", "gemm", "ab",
+                                     "fast", "fast-vs-exact-paper"])
     ap.add_argument("--quick", action="store_true", help="small sizes (about a minute)")
     ap.add_argument("--compare-n", type=int, default=None)
     ap.add_argument("--paper-n", type=int, default=None)
@@ -280,6 +412,9 @@ def main(argv=None):
     RESULTS.mkdir(parents=True, exist_ok=True)
     out_path = RESULTS / ("ppca_quick.json" if args.quick else "ppca.json")
     res = json.loads(out_path.read_text()) if out_path.exists() else {}
+    fast_only = args.what in ("fast", "fast-vs-exact-paper")
+    kept = {k: res[k] for k in ("machine", "gemm_gflops_float32", "load_avg_at_end")
+            if fast_only and k in res}
     from threadpoolctl import threadpool_info
     res["machine"] = dict(cpus=os.cpu_count(), python=platform.python_version(),
                           numpy=np.__version__,
@@ -301,6 +436,28 @@ def main(argv=None):
         res["paper"] = bench_paper(n, D, 30, g)
         print(json.dumps({k: v for k, v in res["paper"].items() if k != "history"}, indent=1),
               flush=True)
+    if args.what == "fast":
+        n = args.compare_n or (2000 if args.quick else 5000)
+        print(f"pyppca vs exact vs fast at {n} x {D}, K=30 ...", flush=True)
+        res["fast_compare"] = bench_fast(n, D, 30)
+        print(json.dumps({k: v for k, v in res["fast_compare"].items() if "history" not in k},
+                         indent=1), flush=True)
+        n = 4000 if args.quick else 30000
+        print(f"seconds per iteration in memory at {n} x {D}, exact vs fast ...", flush=True)
+        res["fast_iter_inmemory"] = bench_iter_inmemory(n, D, 30)
+        out_path.write_text(json.dumps({**res, **kept}, indent=1))  # kept if paper fails
+        n = args.paper_n or (20000 if args.quick else 151000)
+        print(f"paper scale {n} x {D} from memmap, method='fast' ...", flush=True)
+        res["paper_fast"] = bench_paper(n, D, 30, g, method="fast")
+        print(json.dumps({k: v for k, v in res["paper_fast"].items() if k != "history"},
+                         indent=1), flush=True)
+    if args.what == "fast-vs-exact-paper":
+        n = args.paper_n or (20000 if args.quick else 151000)
+        print(f"paper scale {n} x {D} from memmap, exact then fast on the same files ...",
+              flush=True)
+        res["paper_exact_vs_fast"] = bench_paper(n, D, 30, g, method=("exact", "fast"))
+        print(json.dumps({k: v for k, v in res["paper_exact_vs_fast"].items()
+                          if not isinstance(v, dict)}, indent=1), flush=True)
     if args.what in ("all", "ab"):
         n = 4000 if args.quick else 20000
         print(f"previous engine vs current at {n} x {D}, K=30 ...", flush=True)
@@ -314,6 +471,10 @@ def main(argv=None):
         Ks = (10, 30) if args.quick else (10, 30, 60)
         res["scaling"] = bench_scaling(Ns, Ks, D, g)
     res["load_avg_at_end"] = os.getloadavg()
+    if fast_only:    # this run's machine state goes with its own results
+        res.setdefault("fast_run_machine", {})[args.what] = {
+            k: res[k] for k in ("machine", "gemm_gflops_float32", "load_avg_at_end")}
+        res.update(kept)
     out_path.write_text(json.dumps(res, indent=1))
     print("wrote", out_path)
 

@@ -191,6 +191,13 @@ class PPCA:
         the starting point.
     verbose : bool, default False
         Print the objective and timing at each iteration.
+    method : {"exact", "fast"}, default "exact"
+        E-step of the (unweighted) missing-pixel EM.  ``"exact"``: each star's exact
+        posterior (per-star K x K algebra).  ``"fast"``: posterior means by batched
+        conjugate gradients (exact to 1e-6 relative) and the sums over stars of the posterior
+        covariances by a second-order series around ``sigma2 I + W^T W`` (see
+        :mod:`helpers._ppca_fast`; measured differences to ``"exact"`` in
+        ``benchmarks/README_ppca.md``).  Not available with ``weights``.
 
     Attributes
     ----------
@@ -219,7 +226,8 @@ class PPCA:
     """
 
     def __init__(self, n_components, *, tol=1e-5, max_iter=500, random_state=0,
-                 chunk_size=2048, dtype=np.float32, n_init_rows=20000, verbose=False):
+                 chunk_size=2048, dtype=np.float32, n_init_rows=20000, verbose=False,
+                 method="exact"):
         self.n_components = n_components
         self.tol = tol
         self.max_iter = max_iter
@@ -228,6 +236,7 @@ class PPCA:
         self.dtype = dtype
         self.n_init_rows = n_init_rows
         self.verbose = verbose
+        self.method = method
 
     # ---------------------------------------------------------------------------- checks
     def _check_params(self):
@@ -243,6 +252,8 @@ class PPCA:
         dt = np.dtype(self.dtype)
         if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
             raise ValueError(f"dtype must be float32 or float64, got {dt}")
+        if self.method not in ("exact", "fast"):
+            raise ValueError(f"method must be 'exact' or 'fast', got {self.method!r}")
         return dt
 
     @staticmethod
@@ -344,6 +355,8 @@ class PPCA:
     def _fit(self, X, mask, weights):
         dt = self._check_params()
         X, mask, weights = self._check_arrays(X, mask, weights)
+        if weights is not None and self.method == "fast":
+            raise ValueError("method='fast' supports no weights; use method='exact'")
         N, D = X.shape
         K = int(self.n_components)
         t0 = time.perf_counter()
@@ -470,6 +483,11 @@ class PPCA:
                    mu0=mu0, mu0_dt=mu0.astype(dt), N=N, D=D, K=K, star_cnt=star_cnt, logw_sum=logw_sum,
                    n_obs_total=n_obs_total, xx=None)
         step = self._em_step_missing
+        if self.method == "fast":
+            from helpers._ppca_fast import em_step_fast
+
+            def step(*args):
+                return em_step_fast(self, *args)
         if weights is not None:
             def step(*args):
                 with _blas_threads(None):
@@ -927,7 +945,7 @@ def fit_ppca(X, n_components, *, mask=None, weights=None, **kwargs):
         See :meth:`PPCA.fit`.
     **kwargs
         Passed to :class:`PPCA` (``tol``, ``max_iter``, ``random_state``, ``chunk_size``,
-        ``dtype``, ``n_init_rows``, ``verbose``).
+        ``dtype``, ``n_init_rows``, ``verbose``, ``method``).
 
     Returns
     -------

@@ -1,0 +1,239 @@
+"""Fast E-step for :class:`helpers.ppca.PPCA` (``method="fast"``): no per-star K x K products.
+
+Book: chapter 5, 'Step 1: PPCA with missing pixels' (notebooks/05_rsca.md).
+
+The exact missing-as-latent EM of :mod:`helpers.ppca` needs, for every star ``n``, the
+posterior precision ``M_n = A - G_n`` with the shared ``A = sigma2 I + W^T W`` and the
+star's ``G_n = W_m^T W_m`` (rows of ``W`` at its missing pixels).  Building ``G_n`` costs
+``m_n K^2`` flops per star and its inverse a small LAPACK call per star; at the paper's scale
+that, not the large products, dominates an iteration.  This module replaces it by
+
+* **posterior means, exact to a stated tolerance**: ``M_n z_n = b_n`` is solved by
+  preconditioned conjugate gradients, batched over a group of stars, with the shared
+  preconditioner ``A^{-1}``.  Each CG step needs only ``G_n p = W_m^T (W_m p)`` (two batched
+  matrix-vector products over the gathered rows ``W_m``, ``2 m_n K`` flops per star) and
+  ``K x K`` products shared by the whole group.  ``A^{-1} M_n = I - A^{-1} G_n`` has its
+  spectrum in ``[1 - rho_n, 1]`` with ``rho_n`` about the missing fraction, so CG stops
+  (``||r_n||_{A^-1} <= CG_TOL ||b_n||_{A^-1}`` for every star of the group) after 3-5 steps.
+  The imputed missing fluxes ``W_m z_n + mu_m`` and the quadratic term of the likelihood
+  ``(r2_n - b_n . z_n) / sigma2`` are then exact up to that tolerance.
+* **sums over stars of the posterior covariances, by a series**: the M-step and the
+  likelihood only need sums over stars of ``M_n^{-1}`` (``sum_n Sigma_n``), of
+  ``w_j^T M_n^{-1}`` over the stars missing pixel ``j`` (the covariance correction of the
+  imputed fluxes), of ``tr(M_n^{-1} G_n)`` and of ``log det M_n``.  With
+  ``M_n^{-1} = A^{-1} + A^{-1} G_n A^{-1} + A^{-1} G_n A^{-1} G_n A^{-1} + ...`` the first-order
+  sums need only ``sum_n G_n = W^T diag(c) W`` (``c_j``: number of stars missing pixel j).
+  The second-order sums need the co-missing counts ``C_ij`` (stars missing both i and j);
+  they are approximated by ``C_ij ~ c_i c_j / N`` for ``i != j`` (missingness independent
+  across pixels), exact on the diagonal.  This is the **only approximation** of the fast
+  method; what it costs is measured against the exact engine in
+  ``benchmarks/README_ppca.md`` and ``tests/test_ppca_fast.py``.  Because of it the fast
+  EM is not exactly EM: ``history_`` (whose ``log det`` part is the same series) need not be
+  exactly monotone, and the fixed point differs slightly from the maximum-likelihood one.
+
+Everything else (chunked streaming, float32 large products with float64 accumulators, the
+complete-data M-step, determinism) is shared with the exact engine.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from helpers.ppca import _LOG2PI, _blas_threads, _group_mapper, _logdet_pd
+
+__all__ = ["em_step_fast"]
+
+#: relative tolerance of the conjugate-gradient solves, in the A^{-1} norm
+CG_TOL = 1e-6
+#: maximum number of CG steps per group of stars
+CG_MAXITER = 30
+#: order of the series for the sums of posterior covariances (1 or 2)
+SERIES_ORDER = 2
+
+
+def _missing_counts(ctx):
+    """c_j = number of stars missing pixel j (from the cached missing-pixel layouts)."""
+    if "fast_c" not in ctx:
+        D = ctx["D"]
+        c = np.zeros(D + 1)
+        for lay in ctx["layouts"]:
+            if lay.n_miss:
+                c += np.bincount(lay.idx.astype(np.int64), minlength=D + 1)
+        ctx["fast_c"] = c[:D]
+    return ctx["fast_c"]
+
+
+def _series_terms(W, s2, c, N, order):
+    """Sums over stars needed by the M-step and the likelihood (float64).
+
+    Returns ``(SigSum, Scorr, trMG, logdet_sum)``:
+
+    * ``SigSum ~ sum_n Sigma_n`` (``Sigma_n = s2 M_n^{-1}``), K x K;
+    * ``Scorr ~ [sum over stars n missing j of w_j^T Sigma_n]_j``, D x K;
+    * ``trMG ~ sum_n tr(Sigma_n G_n)``;
+    * ``logdet_sum ~ sum_n log det M_n``.
+    """
+    K = W.shape[1]
+    A = s2 * np.eye(K) + W.T @ W
+    Ainv = np.linalg.inv(A)
+    Ainv = 0.5 * (Ainv + Ainv.T)
+    U = W @ Ainv                                 # rows u_j = A^{-1} w_j
+    d = np.einsum("ij,ij->i", W, U)              # P_jj = w_j^T A^{-1} w_j
+    Gsum = W.T @ (c[:, None] * W)                # sum_n G_n
+    AG = Ainv @ Gsum
+    Msum = N * Ainv + AG @ Ainv                  # sum_n M_n^{-1}, first order
+    tr1 = float(np.trace(AG))
+    Scorr = c[:, None] * U                       # zeroth order
+    trMG = tr1
+    logdet = N * float(_logdet_pd(A)) - tr1
+    if order >= 2:
+        # T2 = sum_n G_n A^{-1} G_n = W^T (C o P) W, with C_ij ~ c_i c_j / N off the diagonal
+        cd = c * d
+        T2 = W.T @ ((cd - c * cd / N)[:, None] * W) + (Gsum @ Ainv @ Gsum) / N
+        T2 = 0.5 * (T2 + T2.T)
+        Msum += Ainv @ T2 @ Ainv
+        tr2 = float(np.sum(Ainv * T2))
+        trMG += tr2
+        logdet -= 0.5 * tr2
+        # w_j^T A^{-1} (sum over stars missing j of G_n) A^{-1}
+        Scorr += c[:, None] * ((d - cd / N)[:, None] * U + (U @ (Gsum @ Ainv)) / N)
+    Msum = 0.5 * (Msum + Msum.T)
+    return s2 * Msum, s2 * Scorr, s2 * trMG, logdet
+
+
+def _group_fast(grp, xx, Y, Za, xflat, nobs, par):
+    """E-step of one group of stars: CG posterior means, imputed fluxes, group sums."""
+    stars, idx, flat = grp
+    K, dt = par["K"], par["dt"]
+    A, Ainv = par["A"], par["Ainv"]
+    g, w = idx.shape
+    if w == 0:
+        b = Y[stars, :K] - par["Wtm"]
+        r2 = xx[stars] - 2 * Y[stars, K] + par["mm_tot"]
+        z = b @ Ainv
+        n_cg = 0
+        ex2 = 0.0
+    else:
+        WmA = np.take(par["Wext"], idx, axis=0)              # (g, w, K+1) float32
+        WmT = WmA.transpose(0, 2, 1)
+        pe = np.zeros((g, K + 1, 1), dtype=dt)
+
+        def gapply(p):
+            """[G_n p_n]_n (p: (g, K) float64) and, with p = e_K, [W_m^T m_m, m_m . m_m]."""
+            pe[:, :K, 0] = p
+            return np.matmul(WmT, np.matmul(WmA, pe))[:, :, 0].astype(np.float64)
+
+        pe[:, K, 0] = 1
+        t = gapply(np.zeros((g, K)))                          # [W_m^T m_m | m_m . m_m]
+        pe[:, K, 0] = 0
+        b = Y[stars, :K] - par["Wtm"] + t[:, :K]
+        r2 = xx[stars] - 2 * Y[stars, K] + (par["mm_tot"] - t[:, K])
+        # preconditioned CG on M_n z = b_n, M_n = A - G_n, preconditioner A^{-1}
+        z = b @ Ainv
+        bn = np.einsum("ij,ij->i", b, z)                       # ||b||^2 in the A^{-1} norm
+        r = gapply(z)[:, :K]                                   # b - M z = G z since A z = b
+        y = r @ Ainv
+        ry = np.einsum("ij,ij->i", r, y)
+        p = y.copy()
+        thr = (CG_TOL ** 2) * bn
+        n_cg = 0
+        while n_cg < CG_MAXITER and np.any(ry > thr):
+            q = p @ A - gapply(p)[:, :K]
+            pq = np.einsum("ij,ij->i", p, q)
+            act = ry > thr
+            alpha = np.where(act, ry / np.where(act, pq, 1.0), 0.0)
+            z += alpha[:, None] * p
+            r -= alpha[:, None] * q
+            y = r @ Ainv
+            ry_new = np.einsum("ij,ij->i", r, y)
+            beta = np.where(act, ry_new / np.where(ry > 0, ry, 1.0), 0.0)
+            p = y + beta[:, None] * p
+            ry = ry_new
+            n_cg += 1
+        # imputed fluxes W_m z + m_m (padding lands in the zero column D)
+        pe[:, :K, 0] = z
+        pe[:, K, 0] = 1
+        xh = np.matmul(WmA, pe)[:, :, 0]
+        xflat[flat] = xh.ravel()
+        ex2 = float(np.einsum("ij,ij->", xh, xh, dtype=np.float64))
+    quad = (r2 - np.einsum("ij,ij->i", b, z)) / par["s2"]
+    nll = 0.5 * float(np.sum(nobs * _LOG2PI + (nobs - K) * par["log_s2"] + quad))
+    Za[stars, :K] = z
+    return nll, z.T @ z, z.sum(axis=0), ex2, n_cg
+
+
+def em_step_fast(est, ctx, W, m, s2):
+    """One fast EM iteration (missing fluxes latent, no weights); same contract as
+    :meth:`helpers.ppca.PPCA._em_step_missing`: returns the (series-approximated)
+    observed-data negative log-likelihood at the input parameters and the new parameters.
+    """
+    D, K, N, dt = ctx["D"], ctx["K"], ctx["N"], ctx["dt"]
+    first = ctx["xx"] is None
+    if first:
+        ctx["xx"] = np.zeros(N)
+    c = _missing_counts(ctx)
+    WtW = W.T @ W
+    A = s2 * np.eye(K) + WtW
+    Ainv = np.linalg.inv(A)
+    Ainv = 0.5 * (Ainv + Ainv.T)
+    Wext = np.zeros((D + 1, K + 1), dtype=dt)
+    Wext[:D, :K] = W
+    Wext[:D, K] = m
+    Sxz = np.zeros((D + 1, K + 1))
+    Szz = np.zeros((K, K))
+    zsum = np.zeros(K)
+    ex2 = 0.0
+    nll = 0.0
+    n_cg_max = 0
+    star_cnt = ctx["star_cnt"]
+    par = dict(K=K, dt=dt, s2=s2, log_s2=np.log(s2), A=A, Ainv=Ainv, Wext=Wext,
+               Wtm=W.T @ m, mm_tot=float(m @ m))
+    _map = _group_mapper()
+    cs = max(b - a for a, b in ctx["chunks"])
+    xbuf = np.zeros((cs, D + 1), dtype=dt)
+    zbuf = np.empty((cs, K + 1), dtype=dt)
+    for k, (a, b) in enumerate(ctx["chunks"]):
+        lay = ctx["layouts"][k]
+        n = b - a
+        xc = xbuf[:n]
+        est._load_centered(ctx, a, b, xc[:, :D])
+        xflat = xc.reshape(-1)
+        xflat[lay.flat] = 0
+        if first:
+            ctx["xx"][a:b] = np.einsum("ij,ij->i", xc, xc, dtype=np.float64)
+        xx = ctx["xx"][a:b]
+        with _blas_threads(None):
+            Y = (xc @ Wext).astype(np.float64)
+        Za = zbuf[:n]
+        Za[:, K] = 1
+
+        def work(grp, xx=xx, Y=Y, Za=Za, xflat=xflat, a=a):
+            return _group_fast(grp, xx, Y, Za, xflat, star_cnt[a + grp[0]], par)
+
+        for nll_g, zz, zs, ex2_g, n_cg in _map(work, list(lay.groups())):
+            nll += nll_g
+            Szz += zz
+            zsum += zs
+            ex2 += ex2_g
+            n_cg_max = max(n_cg_max, n_cg)
+        ex2 += float(xx.sum())
+        with _blas_threads(None):
+            Sxz += (xc.T @ Za).astype(np.float64)
+    SigSum, Scorr, trMG, logdet_sum = _series_terms(W, s2, c, N, SERIES_ORDER)
+    n_miss = float(c.sum())
+    nll += 0.5 * logdet_sum
+    Szz += SigSum
+    ex2 += n_miss * s2 + trMG
+    Sxz = Sxz[:D]
+    Sxz[:, :K] += Scorr
+    Am = np.empty((K + 1, K + 1))
+    Am[:K, :K] = Szz
+    Am[:K, K] = zsum
+    Am[K, :K] = zsum
+    Am[K, K] = N
+    Wt = np.linalg.solve(Am, Sxz.T).T
+    s2_new = (ex2 - float(np.sum(Wt * Sxz))) / (N * D)
+    s2_new = max(s2_new, 1e-12 * s2)
+    stats = ctx.setdefault("fast_cg_steps", [])
+    stats.append(n_cg_max)
+    est.cg_steps_ = stats        # largest number of CG steps of any group, per iteration
+    return nll, Wt[:, :K].copy(), Wt[:, K].copy(), s2_new
