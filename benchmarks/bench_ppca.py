@@ -114,22 +114,7 @@ def bench_compare(N, D, K, seed=1):
     out["ours_iter"] = int(p.n_iter_)
     del Xnan
     # pyppca in a child process: its own peak memory and no interference with ours
-    np.save(WORK / "cmp_X.npy", np.where(obs, X32, np.nan).astype(np.float64))
-    code = (
-        "import numpy as np, time, resource, io, contextlib, sys\n"
-        "from pyppca import ppca\n"
-        f"Y = np.load({str(WORK / 'cmp_X.npy')!r})\n"
-        "np.random.seed(0)\n"
-        "buf = io.StringIO()\n"
-        "t = time.perf_counter()\n"
-        f"with contextlib.redirect_stdout(buf): C, ss, M, Xl, Ye = ppca(Y, {K}, True)\n"
-        "dt = time.perf_counter() - t\n"
-        f"np.save({str(WORK / 'cmp_C.npy')!r}, C)\n"
-        "print(dt, len(buf.getvalue().splitlines()), ss,"
-        " resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2)\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    dt, nit, ss, rss = r.stdout.split()
-    C = np.load(WORK / "cmp_C.npy")
+    dt, nit, ss, rss, C = _pyppca_child(X32, obs, K)
     out["pyppca_s"] = float(dt)
     out["pyppca_iter"] = int(nit)
     out["pyppca_peak_rss_gb"] = float(rss)
@@ -141,8 +126,6 @@ def bench_compare(N, D, K, seed=1):
     out["angle_pyppca_vs_truth_max_deg"] = float(angles_deg(C, truth).max())
     out["noise_variance_ours"] = p.noise_variance_
     out["noise_variance_pyppca"] = float(ss)
-    for f in ("cmp_X.npy", "cmp_C.npy"):
-        (WORK / f).unlink(missing_ok=True)
     return out
 
 
