@@ -167,9 +167,6 @@ def em_step_fast(est, ctx, W, m, s2):
     observed-data negative log-likelihood at the input parameters and the new parameters.
     """
     D, K, N, dt = ctx["D"], ctx["K"], ctx["N"], ctx["dt"]
-    first = ctx["xx"] is None
-    if first:
-        ctx["xx"] = np.zeros(N)
     c = _missing_counts(ctx)
     WtW = W.T @ W
     A = s2 * np.eye(K) + WtW
@@ -188,18 +185,10 @@ def em_step_fast(est, ctx, W, m, s2):
     par = dict(K=K, dt=dt, s2=s2, log_s2=np.log(s2), A=A, Ainv=Ainv, Wext=Wext,
                Wtm=W.T @ m, mm_tot=float(m @ m))
     _map = _group_mapper()
-    cs = max(b - a for a, b in ctx["chunks"])
-    xbuf = np.zeros((cs, D + 1), dtype=dt)
-    zbuf = np.empty((cs, K + 1), dtype=dt)
-    for k, (a, b) in enumerate(ctx["chunks"]):
-        lay = ctx["layouts"][k]
+    zbuf = np.empty((max(b - a for a, b in ctx["chunks"]), K + 1), dtype=dt)
+    for a, b, lay, xc in est._centred_chunks(ctx):
         n = b - a
-        xc = xbuf[:n]
-        est._load_centered(ctx, a, b, xc[:, :D])
         xflat = xc.reshape(-1)
-        xflat[lay.flat] = 0
-        if first:
-            ctx["xx"][a:b] = np.einsum("ij,ij->i", xc, xc, dtype=np.float64)
         xx = ctx["xx"][a:b]
         with _blas_threads(None):
             Y = (xc @ Wext).astype(np.float64)

