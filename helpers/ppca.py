@@ -126,8 +126,18 @@ class _MissingChunk:
 
 def _missing_layout(miss, D, group_size=256):
     """Build the :class:`_MissingChunk` for a boolean ``miss`` array of shape (n, D)."""
-    r, c = np.nonzero(miss)
+    r, c = _nonzero_sparse(miss)
     return _layout_from_entries(r, c, miss.shape[0], D, group_size)
+
+
+def _nonzero_sparse(miss):
+    """``np.nonzero`` of a 2-D boolean array, 3x faster: ``flatnonzero`` then ``divmod``.
+
+    (NumPy's 2-D ``nonzero`` builds the multi-index entry by entry.)  Same result, same
+    row-major order.
+    """
+    miss = np.ascontiguousarray(miss, dtype=bool)
+    return np.divmod(np.flatnonzero(miss.reshape(-1)), miss.shape[1])
 
 
 def _layout_from_entries(r, c, n, D, group_size=256):
@@ -332,20 +342,24 @@ class PPCA:
         return xc, obs, om
 
     @staticmethod
-    def _scan_chunk(X, mask, a, b, xc):
-        """Pass 0 on rows a:b (no weights): copy them into ``xc`` with missing entries 0.
+    def _scan_chunk(X, mask, a, b, xc, ref=None):
+        """Pass 0 on rows a:b (no weights): copy them (minus ``ref`` if given) into ``xc``,
+        with missing entries 0.
 
         Returns the chunk's missing-pixel layout, its column sums (float64), and the number
         of missing entries per star and per pixel.  A non-finite value at an observed entry
         shows up in the column sums, so it costs no extra pass to detect.
         """
         n, D = xc.shape
-        np.copyto(xc, X[a:b], casting="unsafe")
+        if ref is None:
+            np.copyto(xc, X[a:b], casting="unsafe")
+        else:
+            np.subtract(X[a:b], ref, out=xc, casting="unsafe")
         if mask is not None:
             miss = np.logical_not(mask[a:b])
         else:
             miss = np.isnan(xc)
-        r, c = np.nonzero(miss)
+        r, c = _nonzero_sparse(miss)
         del miss
         xc[r, c] = 0
         s = xc.sum(axis=0)
@@ -365,31 +379,6 @@ class PPCA:
         lay = _layout_from_entries(r, c, n, D)
         return (lay, s.astype(np.float64), np.bincount(r, minlength=n),
                 np.bincount(c, minlength=D))
-
-    @staticmethod
-    def _start_rss_kept(Xs, xx, V, chunks, layouts):
-        """Residual sum of squares of the observed entries after projection on ``V``.
-
-        For the kept copy (missing entries 0): ``||X - X V V^T||^2 = ||X||^2 - ||X V||^2``
-        over all entries, minus the residual at the missing entries, ``(t_n . v_d)^2``,
-        gathered from the missing-pixel layout: one product with ``V`` instead of a pass
-        over the residual.  Returns ``(rss, sum of squares of the observed entries)``.
-        """
-        D, K = V.shape
-        with _blas_threads(None):
-            T = Xs @ V
-        Vext = np.zeros((D + 1, K), dtype=V.dtype)
-        Vext[:D] = V
-        miss_sq = 0.0
-        for k, (a, b) in enumerate(chunks):
-            Ta = T[a:b]
-            for stars, idx, _ in layouts[k].groups():
-                if idx.shape[1]:
-                    P = np.matmul(np.take(Vext, idx, axis=0), Ta[stars][:, :, None])
-                    miss_sq += float(np.einsum("ijk,ijk->", P, P, dtype=np.float64))
-        tot = float(xx.sum())
-        rss = tot - float(np.einsum("ij,ij->", T, T, dtype=np.float64)) - miss_sq
-        return max(rss, 0.0), tot
 
     def _centred_chunks(self, ctx):
         """Yield ``(a, b, layout, xc)`` for each chunk of stars in a fixed order.
@@ -471,11 +460,23 @@ class PPCA:
         logw_sum = np.zeros(N) if weights is not None else None
         w_sum = 0.0
         layouts = []
+        xx = np.empty(N) if keep else None
+        ref = None
         if weights is None:
             scratch = None if keep else np.empty((chunks[0][1], D), dtype=dt)
             for a, b in chunks:
                 xc = buf[a:b, :D] if keep else scratch[:b - a]
-                lay, s, cnt_r, cnt_c = self._scan_chunk(X, mask, a, b, xc)
+                lay, s, cnt_r, cnt_c = self._scan_chunk(X, mask, a, b, xc, ref)
+                if keep and ref is None:
+                    # The kept copy is centred as it is read, on the observed means of the
+                    # first chunk (EM fits the mean offset; the start estimates it).
+                    cnt0 = (b - a) - cnt_c
+                    ref = np.divide(s, cnt0, out=np.zeros(D), where=cnt0 > 0).astype(dt)
+                    np.subtract(xc, ref, out=xc)
+                    buf[a:b].reshape(-1)[lay.flat] = 0
+                    s = xc.sum(axis=0, dtype=np.float64)
+                if keep:
+                    xx[a:b] = _row_sq(buf[a:b])
                 layouts.append(lay)
                 star_cnt[a:b] = D - cnt_r
                 col_cnt += (b - a) - cnt_c
@@ -506,91 +507,51 @@ class PPCA:
             few = np.flatnonzero(col_cnt <= K)
             raise ValueError(f"weighted fit: {few.size} pixel column(s) are observed in <= "
                              f"n_components={K} stars (first: {few[:5].tolist()})")
-        mu0 = col_sum / col_cnt
+        # reference spectrum the data are centred on (EM fits the mean relative to it)
+        mu0 = ref.astype(np.float64) if keep else col_sum / col_cnt
         n_obs_total = float(star_cnt.sum())
         timings["scan"] = time.perf_counter() - t0
 
-        # ---------- start: randomized SVD of a seeded subsample, mean-imputed
+        # ---------- start: rank-K fit of a seeded subsample, missing entries imputed
         t1 = time.perf_counter()
         rng = np.random.default_rng(self.random_state)
         mu0_dt = mu0.astype(dt)
-        xx = None
         if keep:
-            # every star: centre the kept copy in place; its sums of squares serve the E-steps
-            xx = np.empty(N)
-            for k, (a, b) in enumerate(chunks):
-                blk = buf[a:b]
-                np.subtract(blk[:, :D], mu0_dt, out=blk[:, :D])
-                blk.reshape(-1)[layouts[k].flat] = 0
-                xx[a:b] = _row_sq(blk)
-            Xs = buf[:, :D]
-            Os = None
+            # every star, already centred with missing entries 0 by the scan
+            Xs, lay_s, chunks_s, xx_s, cs_s = buf, layouts, chunks, xx, col_sum
         else:
-            rows = np.sort(rng.choice(N, size=n_s, replace=False)) if n_s < N else np.arange(N)
-            Xs = np.empty((n_s, D), dtype=dt)
-            Os = np.empty((n_s, D), dtype=bool)
+            rows = np.sort(rng.choice(N, size=n_s, replace=False))
+            Xs = np.zeros((n_s, D + 1), dtype=dt)
+            xx_s = np.empty(n_s)
+            cs_s = np.zeros(D + 1)
+            lay_s, chunks_s = [], []
             for i0 in range(0, n_s, cs):
                 r = rows[i0:i0 + cs]
-                xs = Xs[i0:i0 + r.size]
-                xs[...] = X[r]
-                ob = Os[i0:i0 + r.size]
-                ob[...] = mask[r] if mask is not None else np.isfinite(xs)
+                blk = Xs[i0:i0 + r.size]
+                xs = blk[:, :D]
+                np.copyto(xs, X[r], casting="unsafe")
+                ob = np.asarray(mask[r]) if mask is not None else np.isfinite(xs)
                 if weights is not None:
-                    ob &= np.asarray(weights[r]) > 0
+                    ob = ob & (np.asarray(weights[r]) > 0)
                 np.subtract(xs, mu0_dt, out=xs)
-                np.copyto(xs, 0, where=~ob)
+                lay = _missing_layout(~ob, D)
+                blk.reshape(-1)[lay.flat] = 0
+                xx_s[i0:i0 + r.size] = _row_sq(blk)
+                cs_s += blk.sum(axis=0, dtype=np.float64)
+                lay_s.append(lay)
+                chunks_s.append((i0, i0 + r.size))
             for arr in (X, mask, weights):      # the random rows touched most of the file's pages
                 if arr is not None:
                     _release_pages(arr, 0, N)
-        p = min(K + 10, n_s, D)
-        Om = rng.standard_normal((D, p)).astype(dt)
-        with _blas_threads(None):
-            Y0 = Xs @ Om
-        Q = _orth(Y0)
-        for _ in range(2):
-            with _blas_threads(None):
-                Y0 = Xs.T @ Q.astype(dt)
-            Q = _orth(Y0)
-            with _blas_threads(None):
-                Y0 = Xs @ Q.astype(dt)
-            Q = _orth(Y0)
-        with _blas_threads(None):
-            Bm = (Q.astype(dt).T @ Xs).astype(np.float64)
-        _, s, Vt = np.linalg.svd(Bm, full_matrices=False)
-        lam = s ** 2 / max(n_s - 1, 1)
-        frac = (n_obs_total / (N * D))
-        # sigma2: mean squared residual of the *observed* entries of the subsample after
-        # projection on the K leading axes (imputed zeros would inflate it)
-        V = np.ascontiguousarray(Vt[:K].T, dtype=dt)
-        Vt_ = np.ascontiguousarray(Vt[:K], dtype=dt)
-        if Os is None:
-            n_os = n_obs_total
-            rss, total_var = self._start_rss_kept(Xs, xx, V, chunks, layouts)
-        else:
-            n_os = max(float(Os.sum()), 1.0)
-            total_var = 0.0
-            rss = 0.0
-            sub = 256                       # small blocks: the temporaries stay in cache
-            rs_buf = np.empty((min(sub, n_s), D), dtype=dt)
-            for i0 in range(0, n_s, sub):
-                xs = Xs[i0:i0 + sub]
-                rs = rs_buf[:xs.shape[0]]
-                np.matmul(xs @ V, Vt_, out=rs)
-                np.subtract(xs, rs, out=rs)
-                np.copyto(rs, 0, where=~Os[i0:i0 + sub])
-                total_var += float(np.einsum("ij,ij->", xs, xs, dtype=np.float64))
-                rss += float(np.einsum("ij,ij->", rs, rs, dtype=np.float64))
-        total_var /= n_os
-        s2 = rss / n_os * D / max(D - K, 1)
-        s2 = max(s2, 1e-12 * total_var, 1e-30)
-        # mean imputation shrinks variances by about the observed fraction
-        lam_k = lam[:K] / frac
-        W = Vt[:K].T * np.sqrt(np.maximum(lam_k - s2, 1e-3 * lam_k))
-        del Xs, Os, Q, Bm
+        W, m, s2, start_info = _start_fit(Xs, lay_s, chunks_s, xx_s, cs_s[:D], K, rng)
+        del Xs
         if weights is not None:
             s2 = s2 * (w_sum / n_obs_total)  # sigma2 multiplies 1/omega
-        m = np.zeros(D)  # mean offset relative to mu0
+        if not keep:
+            # the subsample's mean is noisier than the observed means of all N stars
+            m = np.zeros(D)
         timings["start"] = time.perf_counter() - t1
+        self.start_info_ = start_info
 
         # ---------- EM
         ctx = dict(X=X, mask=mask, weights=weights, chunks=chunks, layouts=layouts, dt=dt,
@@ -601,17 +562,17 @@ class PPCA:
             from helpers._ppca_fast import em_step_fast
 
             def step(*args):
-                return em_step_fast(self, *args)
+                return _done(em_step_fast(self, *args))
         if weights is not None:
             def step(*args):
                 with _blas_threads(None):
-                    return self._em_step_weighted(*args)
+                    return _done(self._em_step_weighted(*args))
         history, angles, it_times = [], [], []
         converged = False
         n_iter = 0
         while True:
             ti = time.perf_counter()
-            nll, W_new, m_new, s2_new = step(ctx, W, m, s2)
+            nll, finish = step(ctx, W, m, s2)
             history.append(nll)
             if self.verbose:
                 print(f"PPCA iter {n_iter:4d}  nll {nll:.10e}  sigma2 {s2:.4e}", flush=True)
@@ -622,6 +583,7 @@ class PPCA:
             if n_iter >= self.max_iter:
                 it_times.append(time.perf_counter() - ti)
                 break
+            W_new, m_new, s2_new = finish()
             angles.append(_max_angle_deg(W, W_new))
             W, m, s2 = W_new, m_new, s2_new
             n_iter += 1
@@ -658,17 +620,23 @@ class PPCA:
         return xc, obs, om
 
     def _em_step_missing(self, ctx, W, m, s2):
-        """One EM iteration, missing fluxes as latent variables (no weights).
+        """One EM iteration, missing fluxes as latent variables (no weights), in two passes.
 
-        Returns the observed-data negative log-likelihood at the *input* parameters and the
-        updated parameters.
+        Returns ``(nll, finish)``: the observed-data negative log-likelihood at the *input*
+        parameters, and a function that completes the iteration and returns the updated
+        ``(W, m, sigma2)``.  The fit calls ``finish`` only if EM has not converged, so the
+        last iteration costs only the first pass.
 
-        Per chunk: one float32 GEMM ``X~ @ [W m]``; per group of stars with similar missing
-        counts, one batched product ``[W m]_m^T [W m]_m`` (giving ``W_m^T W_m``,
-        ``m_m^T W_m`` and ``m_m . m_m`` at once), one batched Cholesky factorisation and
-        inverse of the ``K x K`` posterior precisions (:func:`_inv_logdet_pd`), and one batched product ``[W m]_m @ [[Sigma, z],
-        [0, 1]]`` (giving the imputed fluxes and ``W_m Sigma`` at once); then one float32 GEMM
-        ``X~^T @ [Z 1]`` with the imputed fluxes in place.
+        * Pass 1 (likelihood and posteriors), per chunk: one float32 GEMM ``X~ @ [W m]``;
+          per group of stars with similar missing counts, one batched product
+          ``[W m]_m^T [W m]_m`` (giving ``W_m^T W_m``, ``m_m^T W_m`` and ``m_m . m_m`` at
+          once) and one batched Cholesky factorisation and inverse of the ``K x K``
+          posterior precisions (:func:`_inv_logdet_pd`).  Posterior means and covariances
+          are kept for pass 2 (``N K^2`` floats in the working dtype).
+        * Pass 2 (M-step statistics), per group: one batched product ``[W m]_m @ [[Sigma,
+          z], [0, 1]]`` (the imputed fluxes and ``W_m Sigma`` at once); per chunk one float32
+          GEMM ``X~^T @ [Z 1]`` with the imputed fluxes in place.  Then the complete-data
+          M-step, a single ``(K+1) x (K+1)`` solve.
         """
         D, K, N, dt = ctx["D"], ctx["K"], ctx["N"], ctx["dt"]
         WtW = W.T @ W
@@ -681,44 +649,72 @@ class PPCA:
         A0 = s2 * np.eye(K) + WtW
         A0inv = np.linalg.inv(A0)
         logdet0 = float(_logdet_pd(A0))
+        star_cnt = ctx["star_cnt"]
+        if ctx.get("post_z") is None:
+            ctx["post_z"] = np.empty((N, K))
+            ctx["post_Minv"] = np.empty((N, K, K), dtype=dt)
+        Zpost, Mpost = ctx["post_z"], ctx["post_Minv"]
+        par = dict(D=D, K=K, dt=dt, s2=s2, Wext=Wext, A0=A0, A0inv=A0inv, logdet0=logdet0,
+                   Wtm=Wtm, mm_tot=mm_tot, log_s2=np.log(s2), Zpost=Zpost, Mpost=Mpost)
+        _map = _group_mapper()
+        nll = 0.0
+        for a, b, lay, xc in self._centred_chunks(ctx):
+            with _blas_threads(None):
+                Y = (xc @ Wext).astype(np.float64)  # (n, K+1): W^T x~_o, m . x~_o
+            xx = ctx["xx"][a:b]
 
+            def work(grp, xx=xx, Y=Y, a=a):
+                return self._group_posterior(grp, xx, Y, star_cnt[a + grp[0]], a, par)
+
+            for nll_g in _map(work, list(lay.groups())):
+                nll += nll_g
+
+        def finish():
+            return self._m_step_missing(ctx, par)
+
+        return nll, finish
+
+    def _m_step_missing(self, ctx, par):
+        """Pass 2 of :meth:`_em_step_missing`: sufficient statistics and the M-step."""
+        D, K, N, dt, s2 = ctx["D"], ctx["K"], ctx["N"], ctx["dt"], par["s2"]
+        Zpost, Mpost = par["Zpost"], par["Mpost"]
+        star_cnt = ctx["star_cnt"]
         Sxz = np.zeros((D + 1, K + 1))      # sum_n E[x~_n z~_n^T] (row D: padding, dropped)
         Scorr = np.zeros((D + 1, K + 1))    # sum over missing (n, d) of [w_d^T Sigma_n | x^_nd]
-        star_cnt = ctx["star_cnt"]
-        Szz = np.zeros((K, K))              # sum_n E[z z^T]
-        zsum = np.zeros(K)
+        SigS = np.zeros((K, K))             # sum_n Sigma_n, stars with missing pixels
         ex2 = 0.0                           # sum_n E[||x~_n||^2] (all pixels)
-        nll = 0.0
-        log_s2 = np.log(s2)
-        par = dict(D=D, K=K, dt=dt, s2=s2, Wext=Wext, A0=A0, A0inv=A0inv, logdet0=logdet0,
-                   Wtm=Wtm, mm_tot=mm_tot, log_s2=log_s2, eyeK=np.broadcast_to(np.eye(K), (1, K, K)))
+        n_full = 0                          # stars without missing pixels
         _map = _group_mapper()
         zbuf = np.empty((max(b - a for a, b in ctx["chunks"]), K + 1), dtype=dt)
         for a, b, lay, xc in self._centred_chunks(ctx):
-            n = b - a
-            groups = list(lay.groups())
-            xflat = xc.reshape(-1)
-            xx = ctx["xx"][a:b]
-            with _blas_threads(None):
-                Y = (xc @ Wext).astype(np.float64)  # (n, K+1): W^T x~_o, m . x~_o
-            Za = zbuf[:n]
+            Za = zbuf[:b - a]
+            Za[:, :K] = Zpost[a:b]
             Za[:, K] = 1
+            xflat = xc.reshape(-1)
 
-            def work(grp, xx=xx, Y=Y, Za=Za, xflat=xflat, a=a):
-                return self._group_missing(grp, xx, Y, Za, xflat, star_cnt[a + grp[0]], par)
+            def work(grp, xflat=xflat, a=a):
+                return self._group_impute(grp, xflat, a, par)
 
-            for res in _map(work, groups):
-                nll_g, Sig_sum, zz, zs, ex2_g, Sc = res
-                nll += nll_g
-                Szz += Sig_sum
-                Szz += zz
-                zsum += zs
+            for res in _map(work, list(lay.groups())):
+                if res is None:
+                    continue
+                sig_g, ex2_g, sc_g, nf = res
+                if sc_g is None:
+                    n_full += nf
+                    continue
+                SigS += sig_g
                 ex2 += ex2_g
-                if Sc is not None:
-                    Scorr += Sc
-            ex2 += float(xx.sum())
+                Scorr += sc_g
+            ex2 += float(ctx["xx"][a:b].sum())
             with _blas_threads(None):
                 Sxz += (xc.T @ Za).astype(np.float64)
+        Zall = Zpost
+        Szz = SigS + n_full * s2 * par["A0inv"] + Zall.T @ Zall
+        zsum = Zall.sum(axis=0)
+        # sum_n tr(Sigma_n G_n) = tr(A0 sum_n Sigma_n) - s2 K (per star with missing pixels)
+        n_part = N - n_full
+        ex2 += float(np.sum(SigS * par["A0"])) - s2 * K * n_part
+        ex2 += float(N * D - np.sum(star_cnt)) * s2
         Sxz[:, :K] += Scorr[:, :K]
         Sxz = Sxz[:D]
         # M-step (complete-data, augmented with the mean offset)
@@ -730,58 +726,57 @@ class PPCA:
         Wt = np.linalg.solve(A, Sxz.T).T       # (D, K+1)
         s2_new = (ex2 - float(np.sum(Wt * Sxz))) / (N * D)
         s2_new = max(s2_new, 1e-12 * s2)
-        return nll, Wt[:, :K].copy(), Wt[:, K].copy(), s2_new
+        return Wt[:, :K].copy(), Wt[:, K].copy(), s2_new
 
     @staticmethod
-    def _group_missing(grp, xx, Y, Za, xflat, nobs, par):
-        """E-step of one group of stars (similar missing counts) of a chunk.
-
-        Writes the posterior means into ``Za`` and the imputed fluxes into ``xflat`` (rows of
-        this group only, so groups can run in parallel threads) and returns the group's terms
-        of the objective and of the sufficient statistics, to be summed in a fixed order.
-        """
-        stars, idx, flat = grp
-        D, K, dt, s2 = par["D"], par["K"], par["dt"], par["s2"]
+    def _group_posterior(grp, xx, Y, nobs, a, par):
+        """Pass 1 for one group of stars: posteriors (kept in ``par``) and the group's
+        negative log-likelihood.  Groups write disjoint rows, so they can run in threads."""
+        stars, idx, _ = grp
+        K, s2 = par["K"], par["s2"]
         g, w = idx.shape
         if w:
             WmA = np.take(par["Wext"], idx, axis=0)                 # (g, w, K+1)
             G = np.matmul(WmA.transpose(0, 2, 1), WmA).astype(np.float64)
-            Gm = G[:, :K, :K]
-            M = par["A0"] - Gm
+            M = par["A0"] - G[:, :K, :K]
             bvec = Y[stars, :K] - par["Wtm"] + G[:, K, :K]
             r2 = xx[stars] - 2 * Y[stars, K] + (par["mm_tot"] - G[:, K, K])
             Minv, logdet = _inv_logdet_pd(M)
             z = np.matmul(Minv, bvec[:, :, None])[:, :, 0]
-            Sig = s2 * Minv
-            Sig_sum = Sig.sum(axis=0)
+            par["Mpost"][a + stars] = Minv
         else:
             bvec = Y[stars, :K] - par["Wtm"]
             r2 = xx[stars] - 2 * Y[stars, K] + par["mm_tot"]
             z = bvec @ par["A0inv"]
             logdet = par["logdet0"]
-            Sig_sum = (g * s2) * par["A0inv"]
+        par["Zpost"][a + stars] = z
         quad = (r2 - np.einsum("ij,ij->i", bvec, z)) / s2
-        nll = 0.5 * float(np.sum(nobs * _LOG2PI + (nobs - K) * par["log_s2"] + logdet + quad))
-        Za[stars, :K] = z
-        zz = z.T @ z
-        zs = z.sum(axis=0)
-        ex2 = 0.0
-        Sc = None
-        if w:
-            T = np.zeros((g, K + 1, K + 1), dtype=dt)
-            T[:, :K, :K] = Sig
-            T[:, :K, K] = z
-            T[:, K, K] = 1
-            RX = np.matmul(WmA, T)              # (g, w, K+1): W_m Sigma | imputed fluxes
-            xh = RX[:, :, K]
-            xflat[flat] = xh.ravel()            # padding lands in the zero column D
-            ex2 = float(np.einsum("ij,ij->", xh, xh, dtype=np.float64)) \
-                + float(np.sum(D - nobs)) * s2 + float(np.einsum("gij,gij->", Sig, Gm))
-            P = sp.csc_matrix((np.ones(g * w, dtype=dt), idx.ravel().astype(np.int32),
-                               np.arange(g * w + 1, dtype=np.int32)), shape=(D + 1, g * w))
-            Sc = P @ RX.reshape(g * w, K + 1)
-        return nll, Sig_sum, zz, zs, ex2, Sc
+        return 0.5 * float(np.sum(nobs * _LOG2PI + (nobs - K) * par["log_s2"] + logdet + quad))
 
+    @staticmethod
+    def _group_impute(grp, xflat, a, par):
+        """Pass 2 for one group of stars: imputed fluxes (written into ``xflat``) and the
+        group's sums ``(sum Sigma_n, sum ||x^_m||^2, covariance correction, 0)``; for a
+        group without missing pixels ``(None, 0, None, g)``."""
+        stars, idx, flat = grp
+        D, K, dt, s2 = par["D"], par["K"], par["dt"], par["s2"]
+        g, w = idx.shape
+        if not w:
+            return None, 0.0, None, g
+        Minv = par["Mpost"][a + stars]
+        T = np.zeros((g, K + 1, K + 1), dtype=dt)
+        np.multiply(Minv, s2, out=T[:, :K, :K])
+        T[:, :K, K] = par["Zpost"][a + stars]
+        T[:, K, K] = 1
+        WmA = np.take(par["Wext"], idx, axis=0)
+        RX = np.matmul(WmA, T)              # (g, w, K+1): W_m Sigma | imputed fluxes
+        xh = RX[:, :, K]
+        xflat[flat] = xh.ravel()            # padding lands in the zero column D
+        ex2 = float(np.einsum("ij,ij->", xh, xh, dtype=np.float64))
+        P = sp.csc_matrix((np.ones(g * w, dtype=dt), idx.ravel().astype(np.int32),
+                           np.arange(g * w + 1, dtype=np.int32)), shape=(D + 1, g * w))
+        sig = s2 * Minv.sum(axis=0, dtype=np.float64)
+        return sig, ex2, P @ RX.reshape(g * w, K + 1), 0
 
     def _load_centered(self, ctx, a, b, out):
         """Rows a:b of X minus mu0 into ``out`` (dtype dt); missing entries are left as read."""
@@ -1012,6 +1007,139 @@ def _orth(A):
         L = np.linalg.cholesky(G)
         Q = _solve_triangular(L, Q.T, lower=True).T
     return Q
+
+
+#: the start stops refining once the subspace moves by less than this between rounds (degrees)
+START_ANGLE_TOL = 0.05
+#: at most this many rounds (each: two products with the subsample, one imputation pass)
+START_MAX_ROUNDS = 8
+
+
+def _start_fit(Xs, layouts, chunks, xx, col_sum, K, rng):
+    """Starting ``(W, m, sigma2)``: a rank-K fit of the subsample ``Xs`` with its missing
+    entries imputed by the fit itself.
+
+    Book: chapter 5, "Step 1: PPCA with missing pixels" (notebooks/05_rsca.md).
+
+    ``Xs`` is ``(n, D + 1)``, centred on the observed means ``mu0`` of the whole data, missing
+    entries 0 (and the padding column D 0); ``layouts``/``chunks`` give its missing entries,
+    ``xx`` the sums of squares of its rows and ``col_sum`` its column sums.  Each round is:
+    the mean ``m`` of the imputed matrix; one step of subspace iteration on ``p = K + 10``
+    columns of ``Xs - 1 m^T`` (``Vp = orth(Xc^T T)``, ``T = Xc Vp``, the centring applied as
+    rank-one corrections); a Rayleigh-Ritz rotation to the K leading axes ``VK`` and scores
+    ``TK``; and the imputation of every missing entry by ``m_d + TK_n . VK_d``.  This is EM
+    for PCA with missing values (hard imputation): the fit converges to the rank-K
+    least-squares fit of the observed entries, close to the PPCA maximum, at about the
+    missing fraction per round.  Mean imputation alone leaves the subspace several degrees
+    and the mean a few noise units / sqrt(N) away, which costs EM an extra pass over the
+    data.  Rounds stop when the subspace moves by less than ``START_ANGLE_TOL`` degrees.
+
+    ``sigma2`` is the mean squared residual of the *observed* entries (scaled by
+    ``D / (D - K)`` for the fitted dimensions), computed without a pass over the residual:
+    ``||Xc - TK VK^T||^2 = ||Xc||^2 - ||TK||^2``, minus the residual at the missing entries,
+    which the imputation pass gathers.  Returns ``(W, m, sigma2, info)``, ``m`` relative to
+    ``mu0``.
+    """
+    n, D1 = Xs.shape
+    D = D1 - 1
+    dt = Xs.dtype
+    X = Xs[:, :D]
+    p = min(K + 10, n, D)
+    n_obs = float(n * D - sum(lay.n_miss for lay in layouts))
+    xx_sum = float(xx.sum())
+    miss_sum = np.zeros(D + 1)              # per-pixel sums of the imputed values
+    Om = rng.standard_normal((D, p)).astype(dt)
+    m = col_sum / n
+    with _blas_threads(None):
+        T = (X @ Om).astype(np.float64) - m @ Om
+    VK_prev = None
+    angles = []
+    for r in range(START_MAX_ROUNDS):
+        m = (col_sum + miss_sum[:D]) / n     # mean of the matrix as now imputed
+        with _blas_threads(None):
+            Z = (X.T @ T.astype(dt)).astype(np.float64)
+        Z -= np.outer(m, T.sum(axis=0))
+        Vp = _orth(Z)
+        with _blas_threads(None):
+            T = (X @ Vp.astype(dt)).astype(np.float64)
+        T -= m @ Vp
+        ev, U = np.linalg.eigh(T.T @ T)
+        U = U[:, ::-1][:, :K]
+        ev = ev[::-1][:K]
+        VK = Vp @ U
+        TK = T @ U
+        done = r == START_MAX_ROUNDS - 1
+        if VK_prev is not None:
+            angles.append(_max_angle_deg(VK_prev, VK))
+            a = angles[-1]
+            # the error left is about the next change: a * (a / previous a) when converging
+            pred = a * a / angles[-2] if len(angles) > 1 and angles[-2] > a else a
+            done = done or pred < START_ANGLE_TOL
+        sq_old, resid, sums = _impute_missing(Xs, layouts, chunks, VK, TK, m, write=not done)
+        if done:
+            break
+        miss_sum = sums
+        VK_prev = VK
+    # residual of the observed entries, for the imputed matrix as it was in the last round
+    tot = xx_sum + sq_old - n * float(m @ m)
+    rss = max(tot - float(np.sum(ev)) - resid, 0.0)
+    s2 = rss / n_obs * D / max(D - K, 1)
+    s2 = max(s2, 1e-12 * tot / n_obs, 1e-30)
+    lam = np.maximum(ev, 0.0) / n
+    frac = n_obs / (n * D)          # imputed entries carry no noise
+    W = VK * np.sqrt(np.maximum(lam - frac * s2, 1e-3 * lam))
+    return W, m, s2, {"rounds": r + 1, "angles_deg": angles}
+
+
+def _impute_missing(Xs, layouts, chunks, VK, TK, m, write=True):
+    """Write ``m_d + TK_n . VK_d`` into every missing entry (n, d) of ``Xs`` (see
+    :func:`_start_fit`).
+
+    Returns, over the missing entries, the sum of the old values squared and of the squared
+    change (both before writing), and the per-pixel sums of the new values (length D + 1).
+    With ``write=False`` only the two sums are computed (the sums per pixel are None).
+    """
+    D, K = VK.shape
+    dt = Xs.dtype
+    Vext = np.zeros((D + 1, K + 1), dtype=dt)
+    Vext[:D, :K] = VK
+    Vext[:D, K] = m
+    Text = np.ones((TK.shape[0], K + 1), dtype=dt)
+    Text[:, :K] = TK
+
+    def work(job):
+        xflat, Ta, (stars, idx, flat) = job
+        if not idx.shape[1]:
+            return 0.0, 0.0, None
+        new = np.matmul(np.take(Vext, idx, axis=0), Ta[stars][:, :, None]).reshape(-1)
+        old = xflat[flat]
+        d = old - new
+        sums = None
+        if write:
+            xflat[flat] = new
+            sums = np.bincount(idx.reshape(-1), weights=new, minlength=D + 1)
+        return (float(np.dot(old.astype(np.float64), old)),
+                float(np.dot(d.astype(np.float64), d)), sums)
+
+    jobs = [(Xs[a:b].reshape(-1), Text[a:b], grp)
+            for k, (a, b) in enumerate(chunks) for grp in layouts[k].groups()]
+    sq_old = resid = 0.0
+    sums = np.zeros(D + 1) if write else None
+    for so, rs, cs in _group_mapper()(work, jobs):
+        sq_old += so
+        resid += rs
+        if cs is not None:
+            sums += cs
+    if write:
+        sums[D] = 0.0              # padding entries
+    return sq_old, resid, sums
+
+
+def _done(result):
+    """``(nll, W, m, s2)`` of a one-pass E+M step -> ``(nll, finish)`` as in
+    :meth:`PPCA._em_step_missing`."""
+    nll, W, m, s2 = result
+    return nll, lambda: (W, m, s2)
 
 
 def _row_sq(x):
