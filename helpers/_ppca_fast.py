@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from helpers.ppca import _LOG2PI, _blas_threads, _group_mapper, _logdet_pd
+from helpers.ppca import _LOG2PI, _logdet_pd
 
 __all__ = ["em_step_fast"]
 
@@ -100,9 +100,10 @@ def _series_terms(W, s2, c, N, order):
     return s2 * Msum, s2 * Scorr, s2 * trMG, logdet
 
 
-def _group_fast(grp, xx, Y, Za, xflat, nobs, par):
-    """E-step of one group of stars: CG posterior means, imputed fluxes, group sums."""
-    stars, idx, flat = grp
+def _group_fast(grp, xx, Y, nobs, a, par):
+    """Pass 1 for one group of stars: CG posterior means (kept in ``par``), the group's
+    negative log-likelihood (without the log-determinants) and its number of CG steps."""
+    stars, idx, _ = grp
     K, dt = par["K"], par["dt"]
     A, Ainv = par["A"], par["Ainv"]
     g, w = idx.shape
@@ -111,7 +112,6 @@ def _group_fast(grp, xx, Y, Za, xflat, nobs, par):
         r2 = xx[stars] - 2 * Y[stars, K] + par["mm_tot"]
         z = b @ Ainv
         n_cg = 0
-        ex2 = 0.0
     else:
         WmA = np.take(par["Wext"], idx, axis=0)              # (g, w, K+1) float32
         WmT = WmA.transpose(0, 2, 1)
@@ -149,22 +149,32 @@ def _group_fast(grp, xx, Y, Za, xflat, nobs, par):
             p = y + beta[:, None] * p
             ry = ry_new
             n_cg += 1
-        # imputed fluxes W_m z + m_m (padding lands in the zero column D)
-        pe[:, :K, 0] = z
-        pe[:, K, 0] = 1
-        xh = np.matmul(WmA, pe)[:, :, 0]
-        xflat[flat] = xh.ravel()
-        ex2 = float(np.einsum("ij,ij->", xh, xh, dtype=np.float64))
+    par["Zpost"][a + stars] = z
     quad = (r2 - np.einsum("ij,ij->i", b, z)) / par["s2"]
     nll = 0.5 * float(np.sum(nobs * _LOG2PI + (nobs - K) * par["log_s2"] + quad))
-    Za[stars, :K] = z
-    return nll, z.T @ z, z.sum(axis=0), ex2, n_cg
+    return nll, n_cg
+
+
+def _group_fill(grp, xflat, a, par):
+    """Pass 2 for one group: write the imputed fluxes ``W_m z_n + mu_m`` into ``xflat``
+    (padding lands in the zero column D) and return their sum of squares."""
+    stars, idx, flat = grp
+    if not idx.shape[1]:
+        return 0.0
+    K = par["K"]
+    z = np.ones((stars.size, K + 1, 1), dtype=par["dt"])
+    z[:, :K, 0] = par["Zpost"][a + stars]
+    xh = np.matmul(np.take(par["Wext"], idx, axis=0), z)[:, :, 0]
+    xflat[flat] = xh.ravel()
+    return float(np.einsum("ij,ij->", xh, xh, dtype=np.float64))
 
 
 def em_step_fast(est, ctx, W, m, s2):
     """One fast EM iteration (missing fluxes latent, no weights); same contract as
     :meth:`helpers.ppca.PPCA._em_step_missing`: returns the (series-approximated)
-    observed-data negative log-likelihood at the input parameters and the new parameters.
+    observed-data negative log-likelihood at the input parameters and a function that
+    completes the iteration (imputed fluxes, second product, M-step) and returns the new
+    parameters.
     """
     D, K, N, dt = ctx["D"], ctx["K"], ctx["N"], ctx["dt"]
     c = _missing_counts(ctx)
@@ -175,54 +185,56 @@ def em_step_fast(est, ctx, W, m, s2):
     Wext = np.zeros((D + 1, K + 1), dtype=dt)
     Wext[:D, :K] = W
     Wext[:D, K] = m
-    Sxz = np.zeros((D + 1, K + 1))
-    Szz = np.zeros((K, K))
-    zsum = np.zeros(K)
-    ex2 = 0.0
-    nll = 0.0
-    n_cg_max = 0
-    star_cnt = ctx["star_cnt"]
+    if ctx.get("post_z") is None:
+        ctx["post_z"] = np.empty((N, K))
     par = dict(K=K, dt=dt, s2=s2, log_s2=np.log(s2), A=A, Ainv=Ainv, Wext=Wext,
-               Wtm=W.T @ m, mm_tot=float(m @ m))
-    _map = _group_mapper()
-    zbuf = np.empty((max(b - a for a, b in ctx["chunks"]), K + 1), dtype=dt)
-    for a, b, lay, xc in est._centred_chunks(ctx):
-        n = b - a
-        xflat = xc.reshape(-1)
+               Wtm=W.T @ m, mm_tot=float(m @ m), Zpost=ctx["post_z"])
+    star_cnt = ctx["star_cnt"]
+
+    def chunk1(a, b, lay, xc):
+        Y = (xc @ Wext).astype(np.float64)
         xx = ctx["xx"][a:b]
-        with _blas_threads(None):
-            Y = (xc @ Wext).astype(np.float64)
-        Za = zbuf[:n]
-        Za[:, K] = 1
+        res = [_group_fast(grp, xx, Y, star_cnt[a + grp[0]], a, par) for grp in lay.groups()]
+        return sum(r[0] for r in res), max(r[1] for r in res)
 
-        def work(grp, xx=xx, Y=Y, Za=Za, xflat=xflat, a=a):
-            return _group_fast(grp, xx, Y, Za, xflat, star_cnt[a + grp[0]], par)
-
-        for nll_g, zz, zs, ex2_g, n_cg in _map(work, list(lay.groups())):
-            nll += nll_g
-            Szz += zz
-            zsum += zs
-            ex2 += ex2_g
-            n_cg_max = max(n_cg_max, n_cg)
-        ex2 += float(xx.sum())
-        with _blas_threads(None):
-            Sxz += (xc.T @ Za).astype(np.float64)
+    res = est._map_chunks(ctx, chunk1)
+    nll = float(sum(r[0] for r in res))
+    n_cg_max = max(r[1] for r in res)
     SigSum, Scorr, trMG, logdet_sum = _series_terms(W, s2, c, N, SERIES_ORDER)
-    n_miss = float(c.sum())
     nll += 0.5 * logdet_sum
-    Szz += SigSum
-    ex2 += n_miss * s2 + trMG
-    Sxz = Sxz[:D]
-    Sxz[:, :K] += Scorr
-    Am = np.empty((K + 1, K + 1))
-    Am[:K, :K] = Szz
-    Am[:K, K] = zsum
-    Am[K, :K] = zsum
-    Am[K, K] = N
-    Wt = np.linalg.solve(Am, Sxz.T).T
-    s2_new = (ex2 - float(np.sum(Wt * Sxz))) / (N * D)
-    s2_new = max(s2_new, 1e-12 * s2)
     stats = ctx.setdefault("fast_cg_steps", [])
     stats.append(n_cg_max)
     est.cg_steps_ = stats        # largest number of CG steps of any group, per iteration
-    return nll, Wt[:, :K].copy(), Wt[:, K].copy(), s2_new
+
+    def finish():
+        Zall = par["Zpost"]
+        def chunk2(a, b, lay, xc):
+            xflat = xc.reshape(-1)
+            ex2 = sum(_group_fill(grp, xflat, a, par) for grp in lay.groups())
+            ex2 += float(ctx["xx"][a:b].sum())
+            Za = np.empty((b - a, K + 1), dtype=dt)
+            Za[:, :K] = Zall[a:b]
+            Za[:, K] = 1
+            return ex2, (xc.T @ Za).astype(np.float64)
+
+        Sxz = np.zeros((D + 1, K + 1))
+        ex2 = 0.0
+        for ex2_k, sxz_k in est._map_chunks(ctx, chunk2):
+            ex2 += ex2_k
+            Sxz += sxz_k
+        Szz = SigSum + Zall.T @ Zall
+        zsum = Zall.sum(axis=0)
+        ex2 += float(c.sum()) * s2 + trMG
+        Sxz = Sxz[:D]
+        Sxz[:, :K] += Scorr
+        Am = np.empty((K + 1, K + 1))
+        Am[:K, :K] = Szz
+        Am[:K, K] = zsum
+        Am[K, :K] = zsum
+        Am[K, K] = N
+        Wt = np.linalg.solve(Am, Sxz.T).T
+        s2_new = (ex2 - float(np.sum(Wt * Sxz))) / (N * D)
+        s2_new = max(s2_new, 1e-12 * s2)
+        return Wt[:, :K].copy(), Wt[:, K].copy(), s2_new
+
+    return nll, finish

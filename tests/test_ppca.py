@@ -264,3 +264,54 @@ def test_threaded_groups_give_the_same_bits_as_sequential(monkeypatch):
     b = PPCA(4, chunk_size=300).fit(X)
     assert np.array_equal(a.components_, b.components_)
     assert np.array_equal(a.history_, b.history_)
+
+
+def test_nonzero_sparse_and_row_sq_match_numpy():
+    from helpers.ppca import _nonzero_sparse, _row_sq
+    rng = np.random.default_rng(5)
+    for shape in [(37, 101), (1, 8), (5, 3)]:
+        miss = rng.random(shape) < 0.1
+        r, c = _nonzero_sparse(miss)
+        r0, c0 = np.nonzero(miss)
+        assert np.array_equal(r, r0) and np.array_equal(c, c0)
+    x = rng.standard_normal((600, 300)).astype(np.float32)
+    ref = np.einsum("ij,ij->i", x.astype(np.float64), x.astype(np.float64))
+    assert np.allclose(_row_sq(x), ref, rtol=1e-6, atol=0)
+
+
+def test_start_imputes_missing_pixels_close_to_the_maximum(monkeypatch):
+    """The start (hard-imputation rounds) lands near the maximum: EM then moves the
+    objective by a tiny fraction of what a start from mean imputation alone leaves."""
+    import helpers.ppca as ppca_mod
+    X, W, rng = _lowrank(N=2000, D=150, K=4, noise=0.05)
+    X[rng.random(X.shape) < 0.08] = np.nan
+
+    def gap(p):
+        return (p.history_[0] - p.history_.min()) / abs(p.history_[-1])
+
+    p = PPCA(4, tol=0, max_iter=30, dtype=np.float64).fit(X)
+    assert p.start_info_["rounds"] >= 2
+    assert 0 <= gap(p) < 5e-3
+    assert p.angle_history_[0] < 0.2         # EM's first step barely turns the subspace
+    assert _max_angle(p.components_.T, W) < 1.0
+    monkeypatch.setattr(ppca_mod, "START_MAX_ROUNDS", 1)   # mean imputation only
+    q = PPCA(4, tol=0, max_iter=30, dtype=np.float64).fit(X)
+    assert gap(q) > 20 * gap(p)
+    assert _max_angle(q.components_.T, p.components_.T) < 1e-3   # same maximum
+
+
+def test_streamed_and_kept_copy_paths_agree():
+    """N > n_init_rows streams X chunk by chunk from a start on a subsample; N <= n_init_rows
+    works on a kept copy and starts from all stars.  Same model, to what EM's slow tail
+    allows; the start on all stars is the closer one."""
+    X, _, rng = _lowrank(N=900, D=80, noise=0.3)
+    X[rng.random(X.shape) < 0.05] = np.nan
+    X[:300, 20:35] = np.nan
+    kept = PPCA(4, tol=1e-7, chunk_size=128, dtype=np.float64).fit(X)
+    streamed = PPCA(4, tol=1e-7, chunk_size=128, n_init_rows=400, dtype=np.float64).fit(X)
+    assert _max_angle(kept.components_.T, streamed.components_.T) < 0.5
+    assert np.isclose(kept.noise_variance_, streamed.noise_variance_, rtol=1e-3)
+    assert np.allclose(kept.mean_, streamed.mean_, atol=0.05)   # EM crawls along the mean
+    assert np.isclose(kept.history_[-1], streamed.history_[-1], rtol=1e-4)
+    assert kept.history_[0] < streamed.history_[0]
+    assert kept.n_iter_ < streamed.n_iter_
