@@ -28,15 +28,25 @@ only (the log-likelihood never decreases, and ``history_`` records it):
   the unweighted engine.  It is meant for the chapter's comparison at tens of thousands of
   stars, not for the full survey.
 
-Both start deterministically from a (seeded) randomized SVD of a fixed random subsample of
-mean-imputed stars, visit chunks in a fixed order and accumulate in float64, so that the same
-``random_state`` gives the same result bit for bit (for a fixed number of BLAS threads).
-The data are read chunk by chunk and never copied whole: a ``numpy.memmap`` of float32 flux
-with a separate boolean mask works as is.
+Both start deterministically from a rank-K fit of a (seeded) random subsample of at most
+``n_init_rows`` stars whose missing entries are imputed by the fit itself (a few cheap rounds
+of subspace iteration and hard imputation, :func:`_start_fit`): from there EM usually meets
+its tolerance after one M-step, where a start from mean-imputed data leaves the subspace
+several degrees away.  They visit chunks in a fixed order and sum per-chunk results in that
+order in float64, so that the same ``random_state`` gives the same result bit for bit.
+
+When all stars fit in the start's subsample (N <= ``n_init_rows``) the centred copy made for
+the start (float32, N x D) is kept and every pass works on it.  Otherwise the data are
+read chunk by chunk and never copied whole: a ``numpy.memmap`` of float32 flux with a separate
+boolean mask works as is.  Each EM iteration is two passes: the first gives the objective
+and the posteriors, the second (skipped once EM has converged) the M-step.  Chunks run in a
+small pool of threads, one BLAS thread each.  Speed, memory and the comparison with the
+paper's ``pyppca`` are measured in ``benchmarks/README_ppca.md``.
 """
 from __future__ import annotations
 
 import contextlib
+import itertools
 import mmap as _mmap
 import os
 import queue
@@ -195,8 +205,8 @@ class PPCA:
     max_iter : int, default 500
         Maximum number of EM iterations (M-steps).
     random_state : int, default 0
-        Seed of the subsample and of the randomized SVD used to start EM.  Same seed, same
-        data, same BLAS thread count: same result bit for bit.
+        Seed of the subsample and of the random sketch used to start EM.  Same seed, same
+        data: same result bit for bit.
     chunk_size : int, default 2048
         Stars per chunk.  Memory is ``O(chunk_size * D)`` plus ``O(D K^2)`` accumulators,
         independent of N (plus the missing-pixel index, 4 bytes per missing entry).
@@ -204,8 +214,9 @@ class PPCA:
         Precision of the data and of the large matrix products.  Accumulators, the K x K
         algebra and the parameters are always float64.
     n_init_rows : int, default 20000
-        Size of the seeded random subsample of stars whose mean-imputed randomized SVD gives
-        the starting point.
+        Size of the seeded random subsample of stars whose rank-K fit (missing entries
+        imputed by the fit) gives the starting point.  With N <= n_init_rows every star is
+        used and the centred float32 copy is kept for the whole fit (4 N D bytes).
     verbose : bool, default False
         Print the objective and timing at each iteration.
     method : {"exact", "fast"}, default "exact"
@@ -239,7 +250,12 @@ class PPCA:
     converged_ : bool
         Whether the tolerance was reached before ``max_iter``.
     timings_ : dict
-        Wall time of the set-up pass, the start, and each iteration (seconds).
+        Wall time of the set-up pass (``scan``), the ``start``, and each iteration
+        (``iterations``; the last entry is the objective-only pass that found convergence
+        or hit ``max_iter``), in seconds.
+    start_info_ : dict
+        ``rounds`` of the start and the largest principal angle (degrees) between the
+        subspaces of successive rounds (``angles_deg``).
     """
 
     def __init__(self, n_components, *, tol=1e-5, max_iter=500, random_state=0,
@@ -264,6 +280,10 @@ class PPCA:
             raise ValueError(f"tol must be a finite number >= 0, got {self.tol!r}")
         if not isinstance(self.max_iter, (int, np.integer)) or self.max_iter < 1:
             raise ValueError(f"max_iter must be a positive integer, got {self.max_iter!r}")
+        if (not isinstance(self.n_init_rows, (int, np.integer)) or isinstance(self.n_init_rows, bool)
+                or self.n_init_rows <= K):
+            raise ValueError(f"n_init_rows must be an integer > n_components={K} (the start fits "
+                             f"K components to that many stars), got {self.n_init_rows!r}")
         if not isinstance(self.chunk_size, (int, np.integer)) or self.chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive integer, got {self.chunk_size!r}")
         dt = np.dtype(self.dtype)
@@ -486,20 +506,43 @@ class PPCA:
         xx = np.empty(N) if keep else None
         ref = None
         if weights is None:
-            scratch = None if keep else np.empty((chunks[0][1], D), dtype=dt)
-            for a, b in chunks:
-                xc = buf[a:b, :D] if keep else scratch[:b - a]
-                lay, s, cnt_r, cnt_c = self._scan_chunk(X, mask, a, b, xc, ref)
-                if keep and ref is None:
-                    # The kept copy is centred as it is read, on the observed means of the
-                    # first chunk (EM fits the mean offset; the start estimates it).
-                    cnt0 = (b - a) - cnt_c
-                    ref = np.divide(s, cnt0, out=np.zeros(D), where=cnt0 > 0).astype(dt)
-                    np.subtract(xc, ref, out=xc)
-                    buf[a:b].reshape(-1)[lay.flat] = 0
-                    s = xc.sum(axis=0, dtype=np.float64)
+            scratch = queue.SimpleQueue()
+            if not keep:
+                for _ in range(_n_workers()):
+                    scratch.put(np.empty((chunks[0][1], D), dtype=dt))
+
+            def scan(k):
+                a, b = chunks[k]
+                tmp = None
                 if keep:
-                    xx[a:b] = _row_sq(buf[a:b])
+                    xc = buf[a:b, :D]
+                else:
+                    tmp = scratch.get()
+                    xc = tmp[:b - a]
+                try:
+                    out = self._scan_chunk(X, mask, a, b, xc, ref)
+                    if keep and ref is not None:
+                        xx[a:b] = _row_sq(buf[a:b])
+                    return out
+                finally:
+                    if tmp is not None:
+                        scratch.put(tmp)
+
+            first = scan(0)
+            if keep:
+                # The kept copy is centred as it is read, on the observed means of the
+                # first chunk (EM fits the mean offset; the start estimates it).
+                a, b = chunks[0]
+                lay, s, cnt_r, cnt_c = first
+                cnt0 = (b - a) - cnt_c
+                ref = np.divide(s, cnt0, out=np.zeros(D), where=cnt0 > 0).astype(dt)
+                xc = buf[a:b, :D]
+                np.subtract(xc, ref, out=xc)
+                buf[a:b].reshape(-1)[lay.flat] = 0
+                xx[a:b] = _row_sq(buf[a:b])
+                first = (lay, xc.sum(axis=0, dtype=np.float64), cnt_r, cnt_c)
+            rest = _group_mapper()(scan, range(1, len(chunks)))
+            for (a, b), (lay, s, cnt_r, cnt_c) in zip(chunks, itertools.chain([first], rest)):
                 layouts.append(lay)
                 star_cnt[a:b] = D - cnt_r
                 col_cnt += (b - a) - cnt_c
@@ -1049,53 +1092,88 @@ def _start_fit(Xs, layouts, chunks, xx, col_sum, K, rng):
 
     Book: chapter 5, "Step 1: PPCA with missing pixels" (notebooks/05_rsca.md).
 
-    ``Xs`` is ``(n, D + 1)``, centred on the observed means ``mu0`` of the whole data, missing
-    entries 0 (and the padding column D 0); ``layouts``/``chunks`` give its missing entries,
-    ``xx`` the sums of squares of its rows and ``col_sum`` its column sums.  Each round is:
-    the mean ``m`` of the imputed matrix; one step of subspace iteration on ``p = K + 10``
-    columns of ``Xs - 1 m^T`` (``Vp = orth(Xc^T T)``, ``T = Xc Vp``, the centring applied as
-    rank-one corrections); a Rayleigh-Ritz rotation to the K leading axes ``VK`` and scores
-    ``TK``; and the imputation of every missing entry by ``m_d + TK_n . VK_d``.  This is EM
-    for PCA with missing values (hard imputation): the fit converges to the rank-K
-    least-squares fit of the observed entries, close to the PPCA maximum, at about the
+    ``Xs`` is ``(n, D + 1)``, centred on the reference spectrum ``mu0``, missing entries 0
+    (and the padding column D 0); ``layouts``/``chunks`` give its missing entries, ``xx`` the
+    sums of squares of its rows and ``col_sum`` its column sums.  Each round is one step of
+    subspace iteration on ``p = K + 6`` columns of the imputed matrix ``X`` centred on its
+    mean ``m``, in two passes over ``Xs`` with chunks in parallel: the first imputes every
+    missing entry by the previous round's fit ``m_d + TK_n . VK_d`` and forms ``Z = X^T T``
+    on the same rows; the second forms ``T = X Vp`` with ``Vp = orth(Z)`` (the centring is
+    applied as rank-one corrections).  A Rayleigh-Ritz rotation of ``T`` gives the K leading
+    axes ``VK`` and scores ``TK``.  The first ``T`` comes from a random sketch.  This is EM for PCA with missing values (hard imputation): the fit converges to the
+    rank-K least-squares fit of the observed entries, close to the PPCA maximum, at about the
     missing fraction per round.  Mean imputation alone leaves the subspace several degrees
     and the mean a few noise units / sqrt(N) away, which costs EM an extra pass over the
-    data.  Rounds stop when the subspace moves by less than ``START_ANGLE_TOL`` degrees.
+    data.  Rounds stop when the next change of the subspace, extrapolated from the last two,
+    falls below ``START_ANGLE_TOL`` degrees.
 
     ``sigma2`` is the mean squared residual of the *observed* entries (scaled by
     ``D / (D - K)`` for the fitted dimensions), computed without a pass over the residual:
     ``||Xc - TK VK^T||^2 = ||Xc||^2 - ||TK||^2``, minus the residual at the missing entries,
-    which the imputation pass gathers.  Returns ``(W, m, sigma2, info)``, ``m`` relative to
-    ``mu0``.
+    which a last gather over the missing entries adds up.  Returns ``(W, m, sigma2, info)``,
+    ``m`` relative to ``mu0``.
     """
     n, D1 = Xs.shape
     D = D1 - 1
     dt = Xs.dtype
-    X = Xs[:, :D]
     p = min(K + 6, n, D)
     n_obs = float(n * D - sum(lay.n_miss for lay in layouts))
     xx_sum = float(xx.sum())
     miss_sum = np.zeros(D + 1)              # per-pixel sums of the imputed values
-    Om = rng.standard_normal((D, p)).astype(dt)
+    _map = _group_mapper()
+    idx_chunks = range(len(chunks))
+
+    def pass_T(Vp):
+        """T = Xs Vp (uncentred), chunks in parallel."""
+        Vp_dt = Vp.astype(dt)
+        T = np.empty((n, Vp.shape[1]), dtype=dt)
+
+        def job(k):
+            a, b = chunks[k]
+            np.matmul(Xs[a:b, :D], Vp_dt, out=T[a:b])
+
+        for _ in _map(job, idx_chunks):
+            pass
+        return T.astype(np.float64)
+
+    def pass_Z(Tc, fit):
+        """Impute with ``fit`` (if any), then Z = Xs^T Tc, chunk by chunk in parallel."""
+        Tc_dt = Tc.astype(dt)
+
+        def job(k):
+            a, b = chunks[k]
+            sums = None
+            if fit is not None:
+                sums = _impute_chunk(Xs[a:b], layouts[k], fit[0], fit[1][a:b], True)[2]
+            return sums, (Xs[a:b, :D].T @ Tc_dt[a:b]).astype(np.float64)
+
+        Z = np.zeros((D, Tc.shape[1]))
+        new_sum = np.zeros(D + 1) if fit is not None else None
+        for sums, Zk in _map(job, idx_chunks):
+            Z += Zk
+            if sums is not None:
+                new_sum += sums
+        return Z, new_sum
+
+    Om = rng.standard_normal((D, p))        # a random sketch to begin with
     m = col_sum / n
-    with _blas_threads(None):
-        T = (X @ Om).astype(np.float64) - m @ Om
+    Tc = pass_T(Om) - m @ Om
+    fit = None
     VK_prev = None
     angles = []
     for r in range(START_MAX_ROUNDS):
+        Z, new_sum = pass_Z(Tc, fit)
+        if new_sum is not None:
+            miss_sum = new_sum
         m = (col_sum + miss_sum[:D]) / n     # mean of the matrix as now imputed
-        with _blas_threads(None):
-            Z = (X.T @ T.astype(dt)).astype(np.float64)
-        Z -= np.outer(m, T.sum(axis=0))
+        Z -= np.outer(m, Tc.sum(axis=0))
         Vp = _orth(Z)
-        with _blas_threads(None):
-            T = (X @ Vp.astype(dt)).astype(np.float64)
-        T -= m @ Vp
-        ev, U = np.linalg.eigh(T.T @ T)
+        Tc = pass_T(Vp) - m @ Vp
+        ev, U = np.linalg.eigh(Tc.T @ Tc)
         U = U[:, ::-1][:, :K]
         ev = ev[::-1][:K]
         VK = Vp @ U
-        TK = T @ U
+        TK = Tc @ U
         done = r == START_MAX_ROUNDS - 1
         if VK_prev is not None:
             angles.append(_max_angle_deg(VK_prev, VK))
@@ -1103,10 +1181,18 @@ def _start_fit(Xs, layouts, chunks, xx, col_sum, K, rng):
             # the error left is about the next change: a * (a / previous a) when converging
             pred = a * a / angles[-2] if len(angles) > 1 and angles[-2] > a else a
             done = done or pred < START_ANGLE_TOL
-        sq_old, resid, sums = _impute_missing(Xs, layouts, chunks, VK, TK, m, write=not done)
+        fit = _fit_ext(VK, TK, m, dt)
         if done:
+            sq_old = resid = 0.0
+
+            def gather(k, fit=fit):
+                a, b = chunks[k]
+                return _impute_chunk(Xs[a:b], layouts[k], fit[0], fit[1][a:b], False)
+
+            for so, rs, _ in _map(gather, idx_chunks):
+                sq_old += so
+                resid += rs
             break
-        miss_sum = sums
         VK_prev = VK
     # residual of the observed entries, for the imputed matrix as it was in the last round
     tot = xx_sum + sq_old - n * float(m @ m)
@@ -1119,47 +1205,42 @@ def _start_fit(Xs, layouts, chunks, xx, col_sum, K, rng):
     return W, m, s2, {"rounds": r + 1, "angles_deg": angles}
 
 
-def _impute_missing(Xs, layouts, chunks, VK, TK, m, write=True):
-    """Write ``m_d + TK_n . VK_d`` into every missing entry (n, d) of ``Xs`` (see
-    :func:`_start_fit`).
-
-    Returns, over the missing entries, the sum of the old values squared and of the squared
-    change (both before writing), and the per-pixel sums of the new values (length D + 1).
-    With ``write=False`` only the two sums are computed (the sums per pixel are None).
-    """
+def _fit_ext(VK, TK, m, dt):
+    """``[VK m]`` with a zero row D (padding) and ``[TK 1]``, in the working dtype."""
     D, K = VK.shape
-    dt = Xs.dtype
     Vext = np.zeros((D + 1, K + 1), dtype=dt)
     Vext[:D, :K] = VK
     Vext[:D, K] = m
     Text = np.ones((TK.shape[0], K + 1), dtype=dt)
     Text[:, :K] = TK
+    return Vext, Text
 
-    def work(job):
-        xflat, Ta, (stars, idx, flat) = job
-        if not idx.shape[1]:
-            return 0.0, 0.0, None
-        new = np.matmul(np.take(Vext, idx, axis=0), Ta[stars][:, :, None]).reshape(-1)
-        old = xflat[flat]
-        d = old - new
-        sums = None
-        if write:
-            xflat[flat] = new
-            sums = np.bincount(idx.reshape(-1), weights=new, minlength=D + 1)
-        return (float(np.dot(old.astype(np.float64), old)),
-                float(np.dot(d.astype(np.float64), d)), sums)
 
-    jobs = [(Xs[a:b].reshape(-1), Text[a:b], grp)
-            for k, (a, b) in enumerate(chunks) for grp in layouts[k].groups()]
+def _impute_chunk(xc, lay, Vext, Text, write):
+    """Impute the missing entries of one chunk by ``m_d + TK_n . VK_d`` (see
+    :func:`_start_fit`); ``Vext``/``Text`` from :func:`_fit_ext`, ``Text`` the chunk's rows.
+
+    Returns, over the chunk's missing entries, the sum of the old values squared and of the
+    squared change (both before writing), and (with ``write``) the per-pixel sums of the new
+    values (length D + 1, padding in the last entry zeroed).
+    """
+    D = Vext.shape[0] - 1
+    xflat = xc.reshape(-1)
     sq_old = resid = 0.0
     sums = np.zeros(D + 1) if write else None
-    for so, rs, cs in _group_mapper()(work, jobs):
-        sq_old += so
-        resid += rs
-        if cs is not None:
-            sums += cs
+    for stars, idx, flat in lay.groups():
+        if not idx.shape[1]:
+            continue
+        new = np.matmul(np.take(Vext, idx, axis=0), Text[stars][:, :, None]).reshape(-1)
+        old = xflat[flat]
+        d = old - new
+        sq_old += float(np.dot(old.astype(np.float64), old))
+        resid += float(np.dot(d.astype(np.float64), d))
+        if write:
+            xflat[flat] = new
+            sums += np.bincount(idx.reshape(-1), weights=new, minlength=D + 1)
     if write:
-        sums[D] = 0.0              # padding entries
+        sums[D] = 0.0
     return sq_old, resid, sums
 
 

@@ -203,6 +203,12 @@ def test_bad_input_all_missing_column_or_star():
         PPCA(2).fit(X, mask=m)
 
 
+def test_bad_input_n_init_rows_too_small():
+    X, _, _ = _lowrank(N=200, D=40)
+    with pytest.raises(ValueError, match="n_init_rows must be an integer > n_components=4"):
+        PPCA(4, n_init_rows=4).fit(X)
+
+
 def test_bad_input_too_many_components():
     X, _, _ = _lowrank(N=20, D=30)
     with pytest.raises(ValueError, match="n_components=20 is too large"):
