@@ -103,7 +103,7 @@ def flops_per_iter(N, D, K, n_missing):
 
 
 # ------------------------------------------------------------------------------ compare
-def bench_compare(N, D, K, seed=1, reps=3, py_reps=2):
+def bench_compare(N, D, K, seed=1, reps=4, py_reps=3):
     """pyppca vs helpers.ppca (exact and fast) on the same data, in one run, all stopping at
     a relative objective change of 1e-4.  Ours alternate exact/fast ``reps`` times; pyppca
     runs ``py_reps`` times in a child process.  Ratios of medians and of best times."""
