@@ -1110,8 +1110,8 @@ def _start_fit(Xs, layouts, chunks, xx, col_sum, K, rng):
 
     ``sigma2`` is the mean squared residual of the *observed* entries (scaled by
     ``D / (D - K)`` for the fitted dimensions), computed without a pass over the residual:
-    ``||Xc - TK VK^T||^2 = ||Xc||^2 - ||TK||^2``, minus the residual at the missing entries,
-    which a last gather over the missing entries adds up.  Returns ``(W, m, sigma2, info)``,
+    ``||Xc - TK VK^T||^2 = ||Xc||^2 - ||TK||^2``, minus the residual at the missing entries
+    (the last change of their imputed values, negligible).  Returns ``(W, m, sigma2, info)``,
     ``m`` relative to ``mu0``.
     """
     n, D1 = Xs.shape
@@ -1143,18 +1143,20 @@ def _start_fit(Xs, layouts, chunks, xx, col_sum, K, rng):
 
         def job(k):
             a, b = chunks[k]
-            sums = None
+            imp = None
             if fit is not None:
-                sums = _impute_chunk(Xs[a:b], layouts[k], fit[0], fit[1][a:b], True)[2]
-            return sums, (Xs[a:b, :D].T @ Tc_dt[a:b]).astype(np.float64)
+                imp = _impute_chunk(Xs[a:b], layouts[k], fit[0], fit[1][a:b], True)
+            return imp, (Xs[a:b, :D].T @ Tc_dt[a:b]).astype(np.float64)
 
         Z = np.zeros((D, Tc.shape[1]))
         new_sum = np.zeros(D + 1) if fit is not None else None
-        for sums, Zk in _map(job, idx_chunks):
+        new_sq = 0.0
+        for imp, Zk in _map(job, idx_chunks):
             Z += Zk
-            if sums is not None:
-                new_sum += sums
-        return Z, new_sum
+            if imp is not None:
+                new_sum += imp[2]
+                new_sq += imp[3]
+        return Z, new_sum, new_sq
 
     Om = rng.standard_normal((D, p))        # a random sketch to begin with
     m = col_sum / n
@@ -1162,10 +1164,11 @@ def _start_fit(Xs, layouts, chunks, xx, col_sum, K, rng):
     fit = None
     VK_prev = None
     angles = []
+    sq_now = 0.0                            # sum of squares of the values at missing entries
     for r in range(START_MAX_ROUNDS):
-        Z, new_sum = pass_Z(Tc, fit)
+        Z, new_sum, new_sq = pass_Z(Tc, fit)
         if new_sum is not None:
-            miss_sum = new_sum
+            miss_sum, sq_now = new_sum, new_sq
         m = (col_sum + miss_sum[:D]) / n     # mean of the matrix as now imputed
         Z -= np.outer(m, Tc.sum(axis=0))
         Vp = _orth(Z)
@@ -1182,17 +1185,20 @@ def _start_fit(Xs, layouts, chunks, xx, col_sum, K, rng):
             # the error left is about the next change: a * (a / previous a) when converging
             pred = a * a / angles[-2] if len(angles) > 1 and angles[-2] > a else a
             done = done or pred < START_ANGLE_TOL
+        imputed = fit is not None
         fit = _fit_ext(VK, TK, m, dt)
         if done:
-            sq_old = resid = 0.0
+            sq_old, resid = sq_now, 0.0
+            if not imputed:
+                # missing entries still 0: their residual under this fit counts in full
+                def gather(k, fit=fit):
+                    a, b = chunks[k]
+                    return _impute_chunk(Xs[a:b], layouts[k], fit[0], fit[1][a:b], False)
 
-            def gather(k, fit=fit):
-                a, b = chunks[k]
-                return _impute_chunk(Xs[a:b], layouts[k], fit[0], fit[1][a:b], False)
-
-            for so, rs, _ in _map(gather, idx_chunks):
-                sq_old += so
-                resid += rs
+                for so, rs, _, _ in _map(gather, idx_chunks):
+                    resid += rs
+            # (after imputation, their residual is the last change of the imputed values,
+            # about 1e-5 of the residual of the observed entries: neglected)
             break
         VK_prev = VK
     # residual of the observed entries, for the imputed matrix as it was in the last round
@@ -1223,11 +1229,11 @@ def _impute_chunk(xc, lay, Vext, Text, write):
 
     Returns, over the chunk's missing entries, the sum of the old values squared and of the
     squared change (both before writing), and (with ``write``) the per-pixel sums of the new
-    values (length D + 1, padding in the last entry zeroed).
+    values (length D + 1, padding in the last entry zeroed) and the sum of their squares.
     """
     D = Vext.shape[0] - 1
     xflat = xc.reshape(-1)
-    sq_old = resid = 0.0
+    sq_old = resid = sq_new = 0.0
     sums = np.zeros(D + 1) if write else None
     for stars, idx, flat in lay.groups():
         if not idx.shape[1]:
@@ -1240,9 +1246,10 @@ def _impute_chunk(xc, lay, Vext, Text, write):
         if write:
             xflat[flat] = new
             sums += np.bincount(idx.reshape(-1), weights=new, minlength=D + 1)
+            sq_new += float(np.dot(new.astype(np.float64), new))
     if write:
         sums[D] = 0.0
-    return sq_old, resid, sums
+    return sq_old, resid, sums, sq_new
 
 
 def _done(result):
