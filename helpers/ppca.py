@@ -1106,7 +1106,9 @@ def _start_fit(Xs, layouts, chunks, xx, col_sum, K, rng):
     close to the PPCA maximum, at about the missing fraction per round.  Mean imputation alone leaves the subspace several degrees
     and the mean a few noise units / sqrt(N) away, which costs EM an extra pass over the
     data.  Rounds stop when the next change of the subspace, extrapolated from the last two,
-    falls below ``START_ANGLE_TOL`` degrees.
+    falls below ``START_ANGLE_TOL`` degrees; only axes whose variance stands above the noise
+    bulk (1.5 times its edge, ``sigma2 (1 + sqrt(D / n))^2``) count, since axes inside the
+    bulk turn freely without changing the fit.
 
     ``sigma2`` is the mean squared residual of the *observed* entries (scaled by
     ``D / (D - K)`` for the fitted dimensions), computed without a pass over the residual:
@@ -1180,7 +1182,13 @@ def _start_fit(Xs, layouts, chunks, xx, col_sum, K, rng):
         TK = Tc @ U
         done = r == START_MAX_ROUNDS - 1
         if VK_prev is not None:
-            angles.append(_max_angle_deg(VK_prev, VK))
+            # Only axes above the noise count: axes inside the noise bulk (K larger than
+            # the data's rank) keep turning without changing the fit.
+            tot = xx_sum + sq_now - n * float(m @ m)
+            s2_r = max(tot - float(np.sum(ev)), 0.0) / n_obs * D / max(D - K, 1)
+            edge = n * s2_r * (1.0 + np.sqrt(D / n)) ** 2
+            k_sig = max(1, int(np.count_nonzero(ev > 1.5 * edge)))
+            angles.append(_max_angle_deg(VK_prev[:, :k_sig], VK[:, :k_sig]))
             a = angles[-1]
             # the error left is about the next change: a * (a / previous a) when converging
             pred = a * a / angles[-2] if len(angles) > 1 and angles[-2] > a else a
