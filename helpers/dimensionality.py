@@ -126,7 +126,10 @@ class _PixelColumns:
 
 
 def _cache_key(inputs, n_components, n_fit, seed, tol, max_iter) -> str:
-    blob = json.dumps({"format": _FORMAT, "inputs": str(getattr(inputs, "path", "")),
+    from helpers.ppca import ENGINE_VERSION
+
+    blob = json.dumps({"format": _FORMAT, "engine": ENGINE_VERSION,
+                       "inputs": str(getattr(inputs, "path", "")),
                        "inputs_key": getattr(inputs, "path", None) and inputs.path.name,
                        "K": int(n_components), "n_fit": n_fit, "seed": int(seed),
                        "tol": float(tol), "max_iter": int(max_iter)}, sort_keys=True)

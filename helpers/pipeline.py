@@ -279,7 +279,9 @@ def ism_residual_curve(flux, error, ak, rows, params: MaskParams = MaskParams(),
 
 
 def _key(source_key: str, selection: SelectionParams, mask: MaskParams) -> str:
-    blob = json.dumps({"format": _FORMAT, "source": source_key,
+    from helpers.ppca import ENGINE_VERSION      # the interstellar windows come from a PPCA fit
+
+    blob = json.dumps({"format": _FORMAT, "ppca_engine": ENGINE_VERSION, "source": source_key,
                        "selection": dataclasses.asdict(selection), "mask": mask.to_dict()},
                       sort_keys=True, default=list)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -58,7 +58,11 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.linalg import solve_triangular as _solve_triangular
 
-__all__ = ["PPCA", "fit_ppca"]
+__all__ = ["PPCA", "fit_ppca", "ENGINE_VERSION"]
+
+#: bumped whenever a change of the engine can change its results (start, stopping, algebra);
+#: caches of fitted models include it in their keys
+ENGINE_VERSION = "2"
 
 _LOG2PI = float(np.log(2.0 * np.pi))
 

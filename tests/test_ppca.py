@@ -112,19 +112,12 @@ def test_transform_with_missing_pixels_close_to_complete():
     assert p.fit_transform(X[:800]).shape == (800, 4)
 
 
-def test_memmap_chunked_equals_in_memory(tmp_path):
+def test_memmap_chunked_equals_in_memory(flux_mask_memmaps):
     X, _, rng = _lowrank(N=700, D=90)
     X = X.astype(np.float32)
     miss = rng.random(X.shape) < 0.04
     X[miss] = 0.0
-    fx = np.memmap(tmp_path / "flux.f32", dtype=np.float32, mode="w+", shape=X.shape)
-    fx[:] = X
-    fx.flush()
-    fm = np.memmap(tmp_path / "mask.bool", dtype=bool, mode="w+", shape=X.shape)
-    fm[:] = ~miss
-    fm.flush()
-    fx = np.memmap(tmp_path / "flux.f32", dtype=np.float32, mode="r", shape=X.shape)
-    fm = np.memmap(tmp_path / "mask.bool", dtype=bool, mode="r", shape=X.shape)
+    fx, fm = flux_mask_memmaps(X, ~miss)
     a = PPCA(3, chunk_size=128).fit(fx, mask=fm)
     b = PPCA(3, chunk_size=128).fit(np.array(X), mask=~miss)
     assert np.array_equal(a.components_, b.components_)

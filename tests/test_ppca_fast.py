@@ -68,18 +68,11 @@ def test_fast_same_seed_same_bits():
     assert np.array_equal(a.history_, b.history_)
 
 
-def test_fast_memmap_equals_in_memory(tmp_path):
+def test_fast_memmap_equals_in_memory(flux_mask_memmaps):
     _, Xm, _ = _data(N=700, D=90, seed=2)
     miss = np.isnan(Xm)
     X = np.where(miss, 0.0, Xm).astype(np.float32)
-    fx = np.memmap(tmp_path / "flux.f32", dtype=np.float32, mode="w+", shape=X.shape)
-    fx[:] = X
-    fx.flush()
-    fm = np.memmap(tmp_path / "mask.bool", dtype=bool, mode="w+", shape=X.shape)
-    fm[:] = ~miss
-    fm.flush()
-    fx = np.memmap(tmp_path / "flux.f32", dtype=np.float32, mode="r", shape=X.shape)
-    fm = np.memmap(tmp_path / "mask.bool", dtype=bool, mode="r", shape=X.shape)
+    fx, fm = flux_mask_memmaps(X, ~miss)
     a = PPCA(3, method="fast", chunk_size=128).fit(fx, mask=fm)
     b = PPCA(3, method="fast", chunk_size=128).fit(np.array(X), mask=~miss)
     assert np.array_equal(a.components_, b.components_)
