@@ -258,8 +258,9 @@ class PPCA:
         (``iterations``; the last entry is the objective-only pass that found convergence
         or hit ``max_iter``), in seconds.
     start_info_ : dict
-        ``rounds`` of the start and the largest principal angle (degrees) between the
-        subspaces of successive rounds (``angles_deg``).
+        ``rounds`` of the start, the largest principal angle (degrees) between the subspaces
+        of successive rounds (``angles_deg``) and the noise variance after each of them
+        (``sigma2``).
     """
 
     def __init__(self, n_components, *, tol=1e-5, max_iter=500, random_state=0,
@@ -613,7 +614,8 @@ class PPCA:
             for arr in (X, mask, weights):      # the random rows touched most of the file's pages
                 if arr is not None:
                     _release_pages(arr, 0, N)
-        W, m, s2, start_info = _start_fit(Xs, lay_s, chunks_s, xx_s, cs_s[:D], K, rng)
+        W, m, s2, start_info = _start_fit(Xs, lay_s, chunks_s, xx_s, cs_s[:D], K, rng,
+                                          tol=self.tol)
         del Xs
         if weights is not None:
             s2 = s2 * (w_sum / n_obs_total)  # sigma2 multiplies 1/omega
@@ -1090,7 +1092,7 @@ START_ANGLE_TOL = 0.05
 START_MAX_ROUNDS = 8
 
 
-def _start_fit(Xs, layouts, chunks, xx, col_sum, K, rng):
+def _start_fit(Xs, layouts, chunks, xx, col_sum, K, rng, tol=0.0):
     """Starting ``(W, m, sigma2)``: a rank-K fit of the subsample ``Xs`` with its missing
     entries imputed by the fit itself.
 
@@ -1110,9 +1112,10 @@ def _start_fit(Xs, layouts, chunks, xx, col_sum, K, rng):
     close to the PPCA maximum, at about the missing fraction per round.  Mean imputation alone leaves the subspace several degrees
     and the mean a few noise units / sqrt(N) away, which costs EM an extra pass over the
     data.  Rounds stop when the next change of the subspace, extrapolated from the last two,
-    falls below ``START_ANGLE_TOL`` degrees; only axes whose variance stands above the noise
-    bulk (1.5 times its edge, ``sigma2 (1 + sqrt(D / n))^2``) count, since axes inside the
-    bulk turn freely without changing the fit.
+    falls below ``START_ANGLE_TOL`` degrees (only axes whose variance stands above the noise
+    bulk, 1.5 times its edge ``sigma2 (1 + sqrt(D / n))^2``, count: axes inside the bulk turn
+    freely without changing the fit), or when the change of the Gaussian objective implied by
+    ``sigma2`` between rounds falls below half of EM's relative tolerance ``tol``.
 
     ``sigma2`` is the mean squared residual of the *observed* entries (scaled by
     ``D / (D - K)`` for the fitted dimensions), computed without a pass over the residual:
@@ -1171,6 +1174,7 @@ def _start_fit(Xs, layouts, chunks, xx, col_sum, K, rng):
     VK_prev = None
     angles = []
     sq_now = 0.0                            # sum of squares of the values at missing entries
+    s2_hist = []
     for r in range(START_MAX_ROUNDS):
         Z, new_sum, new_sq = pass_Z(Tc, fit)
         if new_sum is not None:
@@ -1193,10 +1197,17 @@ def _start_fit(Xs, layouts, chunks, xx, col_sum, K, rng):
             edge = n * s2_r * (1.0 + np.sqrt(D / n)) ** 2
             k_sig = max(1, int(np.count_nonzero(ev > 1.5 * edge)))
             angles.append(_max_angle_deg(VK_prev[:, :k_sig], VK[:, :k_sig]))
+            s2_hist.append(s2_r)
             a = angles[-1]
             # the error left is about the next change: a * (a / previous a) when converging
             pred = a * a / angles[-2] if len(angles) > 1 and angles[-2] > a else a
             done = done or pred < START_ANGLE_TOL
+            if len(s2_hist) > 1 and s2_hist[-1] > 0 and s2_hist[-2] > 0:
+                # the fit's objective, as far as sigma2 shows it, has settled well within
+                # EM's tolerance: what the subspace still does hardly changes the likelihood
+                nll_r = 0.5 * n_obs * (np.log(2 * np.pi * s2_hist[-1]) + 1.0)
+                dnll = 0.5 * n_obs * abs(np.log(s2_hist[-1] / s2_hist[-2]))
+                done = done or dnll < 0.5 * tol * max(abs(nll_r), 0.5 * n_obs)
         imputed = fit is not None
         fit = _fit_ext(VK, TK, m, dt)
         if done:
@@ -1221,7 +1232,7 @@ def _start_fit(Xs, layouts, chunks, xx, col_sum, K, rng):
     lam = np.maximum(ev, 0.0) / n
     frac = n_obs / (n * D)          # imputed entries carry no noise
     W = VK * np.sqrt(np.maximum(lam - frac * s2, 1e-3 * lam))
-    return W, m, s2, {"rounds": r + 1, "angles_deg": angles}
+    return W, m, s2, {"rounds": r + 1, "angles_deg": angles, "sigma2": s2_hist}
 
 
 def _fit_ext(VK, TK, m, dt):
