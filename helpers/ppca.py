@@ -634,16 +634,17 @@ class PPCA:
         ctx = dict(X=X, mask=mask, weights=weights, chunks=chunks, layouts=layouts, dt=dt,
                    mu0=mu0, mu0_dt=mu0_dt, N=N, D=D, K=K, star_cnt=star_cnt, logw_sum=logw_sum,
                    n_obs_total=n_obs_total, xx=xx, buf=buf)
-        step = self._em_step_missing
-        if self.method == "fast":
-            from helpers._ppca_fast import em_step_fast
-
-            def step(*args):
-                return em_step_fast(self, *args)
         if weights is not None:
             def step(*args):
                 with _blas_threads(None):
                     return _done(self._em_step_weighted(*args))
+        elif self.method == "fast":
+            from helpers._ppca_fast import em_step_fast
+
+            def step(*args):
+                return em_step_fast(self, *args)
+        else:
+            step = self._em_step_missing
         history, angles, it_times = [], [], []
         converged = False
         n_iter = 0
@@ -749,7 +750,7 @@ class PPCA:
     def _m_step_missing(self, ctx, par):
         """Pass 2 of :meth:`_em_step_missing`: sufficient statistics and the M-step."""
         D, K, N, dt, s2 = ctx["D"], ctx["K"], ctx["N"], ctx["dt"], par["s2"]
-        Zpost, Mpost = par["Zpost"], par["Mpost"]
+        Zpost = par["Zpost"]
         star_cnt = ctx["star_cnt"]
         # sum_n E[x~_n z~_n^T] including, at missing (n, d), [w_d^T Sigma_n | x^_nd]
         Sxz = np.zeros((D + 1, K + 1))      # (row D: padding, dropped)
