@@ -17,14 +17,15 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 # jupyter-cache re-executes a chapter only when its code cells change; the chapters' numbers
-# also depend on helpers/ and data/, so a change there clears the execution cache
+# also depend on helpers/ and data/, so a change there clears the execution cache and the
+# Sphinx build (which otherwise rereads only changed pages)
 CODE_SHA = $(shell find helpers data -type f ! -name '*.pyc' | LC_ALL=C sort | xargs cat | sha256sum | cut -c1-16)
 
 ## book: execute every chapter at its default parameters (cached by jupyter-cache) and build the HTML
 book: setup
 	@if [ "$$(cat .jupyter_cache/code.sha 2>/dev/null)" != "$(CODE_SHA)" ]; then \
 		echo "helpers/ or data/ changed since the last build: every chapter runs again"; \
-		rm -rf .jupyter_cache; fi
+		rm -rf .jupyter_cache _build; fi
 	$(JB) build . -W --keep-going
 	@mkdir -p .jupyter_cache && echo "$(CODE_SHA)" > .jupyter_cache/code.sha
 	@echo "Book written to _build/html/index.html"
