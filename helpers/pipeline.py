@@ -252,6 +252,12 @@ def ism_residual_curve(flux, error, ak, rows, params: MaskParams = MaskParams(),
     -------
     curve : ndarray, shape (8575,)
     n_reference, n_test : int
+
+    Notes
+    -----
+    With memory-mapped spectra the result is kept in ``.cache/ism_curves``, keyed by the
+    files (path, size, time), the rows, the parameters and the PPCA engine version, so that
+    chapter 4 and :func:`rsca_inputs` compute it once.
     """
     rows = np.asarray(rows)
     ak = np.asarray(ak, dtype=float)
@@ -265,6 +271,10 @@ def ism_residual_curve(flux, error, ak, rows, params: MaskParams = MaskParams(),
             f"too few stars for the residual curve: {ref.size} below {low} (need {need}) and "
             f"{test.size} above {high} (need 10). "
             "Use a larger survey, or MaskParams(ism_windows='paper')")
+    memo = _curve_memo_path(flux, error, ref, test, params, valid, statistic or params.statistic)
+    if memo is not None and memo.exists():
+        with np.load(memo) as z:
+            return z["curve"], int(z["n_reference"]), int(z["n_test"])
     rng = np.random.default_rng(params.seed)
     if ref.size > params.max_reference:
         ref = np.sort(rng.choice(ref, params.max_reference, replace=False))
@@ -275,7 +285,37 @@ def ism_residual_curve(flux, error, ak, rows, params: MaskParams = MaskParams(),
     o_test = censor(f_test, np.asarray(error[test]), params.max_error, valid)
     curve = residual_curve(f_ref, o_ref, f_test, o_test, n_components=params.n_components,
                            random_state=params.seed, statistic=statistic or params.statistic)
+    if memo is not None:
+        tmp = memo.with_name(f".{memo.stem}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, curve=curve, n_reference=ref.size, n_test=test.size)
+        os.replace(tmp, memo)
     return curve, int(ref.size), int(test.size)
+
+
+def _curve_memo_path(flux, error, ref, test, params, valid, statistic):
+    """Where :func:`ism_residual_curve` keeps its result for these inputs, or None.
+
+    Only for memory-mapped spectra (files identified by path, size and modification time):
+    chapter 4 and :func:`rsca_inputs` then compute the same curve once.
+    """
+    from helpers.paths import cache_dir
+    from helpers.ppca import ENGINE_VERSION
+
+    files = []
+    for arr in (flux, error):
+        name = getattr(arr, "filename", None)
+        if name is None:
+            return None
+        st = os.stat(name)
+        files.append([str(name), st.st_size, st.st_mtime_ns])
+    h = hashlib.sha256()
+    h.update(json.dumps({"format": "ism-curve-v1", "ppca_engine": ENGINE_VERSION,
+                         "files": files, "params": params.to_dict(),
+                         "statistic": statistic}, sort_keys=True, default=list).encode())
+    for arr in (np.asarray(ref, dtype=np.int64), np.asarray(test, dtype=np.int64),
+                None if valid is None else np.asarray(valid, dtype=bool)):
+        h.update(b"-" if arr is None else arr.tobytes())
+    return cache_dir("ism_curves") / f"{h.hexdigest()[:20]}.npz"
 
 
 def _key(source_key: str, selection: SelectionParams, mask: MaskParams) -> str:

@@ -91,3 +91,28 @@ def test_mask_params_validation():
         MaskParams(ism_windows="maybe")
     with pytest.raises(ValueError, match="low_ak"):
         MaskParams(low_ak=0.6, high_ak=0.5)
+
+
+def test_residual_curve_is_computed_once_per_input(survey, tmp_path, monkeypatch):
+    """Chapter 4 and rsca_inputs ask for the same curve: the second call reads it back."""
+    import helpers.pipeline as pipeline
+    from helpers.apogee import chip_mask
+
+    monkeypatch.setenv("STARS_BOOK_CACHE", str(tmp_path))
+    ak = survey.allstar["AK_TARG"].to_numpy(dtype=float)
+    rows = np.arange(len(ak))
+    params = MaskParams(low_ak=np.quantile(ak, 0.5), high_ak=np.quantile(ak, 0.8), n_components=3)
+    a = pipeline.ism_residual_curve(survey.spectra.flux, survey.spectra.error, ak, rows, params,
+                                    chip_mask())
+
+    def boom(*args, **kwargs):
+        raise AssertionError("computed twice")
+
+    monkeypatch.setattr(pipeline, "residual_curve", boom)
+    b = pipeline.ism_residual_curve(survey.spectra.flux, survey.spectra.error, ak, rows, params,
+                                    chip_mask())
+    np.testing.assert_array_equal(a[0], b[0])
+    assert a[1:] == b[1:]
+    with pytest.raises(AssertionError, match="computed twice"):   # other rows: a new curve
+        pipeline.ism_residual_curve(survey.spectra.flux, survey.spectra.error, ak, rows[::2],
+                                    params, chip_mask())
