@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from helpers.ppca import _LOG2PI, _logdet_pd
+from helpers.ppca import _LOG2PI, _logdet_pd, _missing_per_pixel
 
 __all__ = ["em_step_fast"]
 
@@ -53,12 +53,7 @@ SERIES_ORDER = 2
 def _missing_counts(ctx):
     """c_j = number of stars missing pixel j (from the cached missing-pixel layouts)."""
     if "fast_c" not in ctx:
-        D = ctx["D"]
-        c = np.zeros(D + 1)
-        for lay in ctx["layouts"]:
-            if lay.n_miss:
-                c += np.bincount(lay.idx.astype(np.int64), minlength=D + 1)
-        ctx["fast_c"] = c[:D]
+        ctx["fast_c"] = _missing_per_pixel(ctx["layouts"], ctx["D"])
     return ctx["fast_c"]
 
 

@@ -145,6 +145,15 @@ def _missing_layout(miss, D, group_size=256):
     return _layout_from_entries(r, c, miss.shape[0], D, group_size)
 
 
+def _missing_per_pixel(layouts, D):
+    """Number of stars missing each of the D pixels, from missing-pixel layouts."""
+    c = np.zeros(D + 1)
+    for lay in layouts:
+        if lay.n_miss:
+            c += np.bincount(lay.idx.reshape(-1).astype(np.intp), minlength=D + 1)
+    return c[:D]                    # entry D counted the padding
+
+
 def _nonzero_sparse(miss):
     """``np.nonzero`` of a 2-D boolean array, 3x faster: ``flatnonzero`` then ``divmod``.
 
@@ -426,34 +435,23 @@ class PPCA:
         first = ctx["xx"] is None
         if first:
             ctx["xx"] = np.zeros(ctx["N"])
-        free = None
+        pool = None
         if buf is None:
-            free = ctx.get("chunk_buffers")
-            if free is None:
+            pool = ctx.get("chunk_buffers")
+            if pool is None:
                 cs = max(b - a for a, b in ctx["chunks"])
-                free = queue.SimpleQueue()
-                for _ in range(_n_workers()):
-                    free.put(np.zeros((cs, D + 1), dtype=ctx["dt"]))
-                ctx["chunk_buffers"] = free
+                pool = ctx["chunk_buffers"] = _BufferPool((cs, D + 1), ctx["dt"])
 
         def task(k):
             a, b = ctx["chunks"][k]
             lay = ctx["layouts"][k]
-            tmp = None
-            if buf is not None:
-                xc = buf[a:b]
-            else:
-                tmp = free.get()
-                xc = tmp[:b - a]
-                self._load_centered(ctx, a, b, xc[:, :D])
-            try:
+            with contextlib.nullcontext(buf[a:b]) if pool is None else pool.borrow(b - a) as xc:
+                if pool is not None:
+                    self._load_centered(ctx, a, b, xc[:, :D])
                 xc.reshape(-1)[lay.flat] = 0
                 if first:
                     ctx["xx"][a:b] = _row_sq(xc)
                 return fn(a, b, lay, xc)
-            finally:
-                if tmp is not None:
-                    free.put(tmp)
 
         return list(_group_mapper()(task, range(len(ctx["chunks"]))))
 
@@ -511,27 +509,15 @@ class PPCA:
         xx = np.empty(N) if keep else None
         ref = None
         if weights is None:
-            scratch = queue.SimpleQueue()
-            if not keep:
-                for _ in range(_n_workers()):
-                    scratch.put(np.empty((chunks[0][1], D), dtype=dt))
+            pool = None if keep else _BufferPool((chunks[0][1], D), dt)
 
             def scan(k):
                 a, b = chunks[k]
-                tmp = None
-                if keep:
-                    xc = buf[a:b, :D]
-                else:
-                    tmp = scratch.get()
-                    xc = tmp[:b - a]
-                try:
+                with contextlib.nullcontext(buf[a:b, :D]) if keep else pool.borrow(b - a) as xc:
                     out = self._scan_chunk(X, mask, a, b, xc, ref)
                     if keep and ref is not None:
                         xx[a:b] = _row_sq(buf[a:b])
                     return out
-                finally:
-                    if tmp is not None:
-                        scratch.put(tmp)
 
             first = scan(0)
             if keep:
@@ -552,7 +538,7 @@ class PPCA:
                 star_cnt[a:b] = D - cnt_r
                 col_cnt += (b - a) - cnt_c
                 col_sum += s
-            del scratch
+            del pool
         else:
             for a, b in chunks:
                 xc, obs, om = self._read_chunk(X, mask, weights, a, b, dt)
@@ -622,10 +608,7 @@ class PPCA:
         if not keep:
             # The subsample's own mean is noisier than the observed means mu0 of all N stars:
             # keep only what imputation changes, its imputed minus its observed means.
-            n_miss_s = np.zeros(D + 1)
-            for lay in lay_s:
-                n_miss_s += np.bincount(lay.idx.reshape(-1).astype(np.intp), minlength=D + 1)
-            cnt_s = n_s - n_miss_s[:D]
+            cnt_s = n_s - _missing_per_pixel(lay_s, D)
             m = m - np.divide(cs_s[:D], cnt_s, out=m.copy(), where=cnt_s > 0)
         timings["start"] = time.perf_counter() - t1
         self.start_info_ = start_info
@@ -1054,6 +1037,24 @@ def _n_workers():
     except AttributeError:  # pragma: no cover
         ncpu = os.cpu_count() or 1
     return max(1, min(ncpu, 4))
+
+
+class _BufferPool:
+    """One reusable chunk buffer per thread of the pool (see :func:`_group_mapper`)."""
+
+    def __init__(self, shape, dtype):
+        self._free = queue.SimpleQueue()
+        for _ in range(_n_workers()):
+            self._free.put(np.zeros(shape, dtype=dtype))
+
+    @contextlib.contextmanager
+    def borrow(self, n):
+        """The first ``n`` rows of a free buffer, handed back when the block ends."""
+        b = self._free.get()
+        try:
+            yield b[:n]
+        finally:
+            self._free.put(b)
 
 
 def _group_mapper():
