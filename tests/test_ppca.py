@@ -236,12 +236,12 @@ def test_bad_input_non_finite():
 
 # ------------------------------------------------------------------------ engine internals
 def test_missing_layout_covers_exactly_the_missing_pixels():
-    from helpers.ppca import _missing_layout
+    from helpers.ppca.layout import missing_layout
     rng = np.random.default_rng(7)
     miss = rng.random((300, 50)) < 0.1
     miss[:40, 10:30] = True              # a window: uneven counts across groups
     miss[50] = False                     # a complete star
-    lay = _missing_layout(miss, 50, group_size=64)
+    lay = missing_layout(miss, 50, group_size=64)
     seen = np.zeros_like(miss)
     for stars, idx, flat in lay.groups():
         for s, row, fl in zip(stars, idx, flat.reshape(idx.shape)):
@@ -254,34 +254,35 @@ def test_missing_layout_covers_exactly_the_missing_pixels():
 
 
 def test_threaded_groups_give_the_same_bits_as_sequential(monkeypatch):
-    import helpers.ppca as ppca_mod
+    from helpers.ppca import threads
     X, _, rng = _lowrank(N=900, D=100)
     X[rng.random(X.shape) < 0.05] = np.nan
     X[:200, 30:50] = np.nan
     a = PPCA(4, chunk_size=300).fit(X)
-    monkeypatch.setattr(ppca_mod, "_group_mapper", lambda: map)
+    monkeypatch.setattr(threads, "group_mapper", lambda: map)
     b = PPCA(4, chunk_size=300).fit(X)
     assert np.array_equal(a.components_, b.components_)
     assert np.array_equal(a.history_, b.history_)
 
 
 def test_nonzero_sparse_and_row_sq_match_numpy():
-    from helpers.ppca import _nonzero_sparse, _row_sq
+    from helpers.ppca.layout import nonzero_sparse
+    from helpers.ppca.linalg import row_sq
     rng = np.random.default_rng(5)
     for shape in [(37, 101), (1, 8), (5, 3)]:
         miss = rng.random(shape) < 0.1
-        r, c = _nonzero_sparse(miss)
+        r, c = nonzero_sparse(miss)
         r0, c0 = np.nonzero(miss)
         assert np.array_equal(r, r0) and np.array_equal(c, c0)
     x = rng.standard_normal((600, 300)).astype(np.float32)
     ref = np.einsum("ij,ij->i", x.astype(np.float64), x.astype(np.float64))
-    assert np.allclose(_row_sq(x), ref, rtol=1e-6, atol=0)
+    assert np.allclose(row_sq(x), ref, rtol=1e-6, atol=0)
 
 
 def test_start_imputes_missing_pixels_close_to_the_maximum(monkeypatch):
     """The start (hard-imputation rounds) lands near the maximum: EM then moves the
     objective by a tiny fraction of what a start from mean imputation alone leaves."""
-    import helpers.ppca as ppca_mod
+    from helpers.ppca import start
     X, W, rng = _lowrank(N=2000, D=150, K=4, noise=0.05)
     X[rng.random(X.shape) < 0.08] = np.nan
 
@@ -293,7 +294,7 @@ def test_start_imputes_missing_pixels_close_to_the_maximum(monkeypatch):
     assert 0 <= gap(p) < 5e-3
     assert p.angle_history_[0] < 0.2         # EM's first step barely turns the subspace
     assert _max_angle(p.components_.T, W) < 1.0
-    monkeypatch.setattr(ppca_mod, "START_MAX_ROUNDS", 1)   # mean imputation only
+    monkeypatch.setattr(start, "START_MAX_ROUNDS", 1)   # mean imputation only
     q = PPCA(4, tol=0, max_iter=30, dtype=np.float64).fit(X)
     assert gap(q) > 20 * gap(p)
     assert _max_angle(q.components_.T, p.components_.T) < 1e-3   # same maximum

@@ -1,8 +1,8 @@
 """Fast E-step for :class:`helpers.ppca.PPCA` (``method="fast"``): no per-star K x K products.
 
-Book: chapter 5, 'Step 1: PPCA with missing pixels' (notebooks/05_rsca.md).
+Book: {ref}`sec-ppca-em`
 
-The exact missing-as-latent EM of :mod:`helpers.ppca` needs, for every star ``n``, the
+The exact missing-as-latent EM of :mod:`helpers.ppca.exact` needs, for every star ``n``, the
 posterior precision ``M_n = A - G_n`` with the shared ``A = sigma2 I + W^T W`` and the
 star's ``G_n = W_m^T W_m`` (rows of ``W`` at its missing pixels).  Building ``G_n`` costs
 ``m_n K^2`` flops per star and its inverse a small LAPACK call per star; at the paper's scale
@@ -38,26 +38,25 @@ from __future__ import annotations
 
 import numpy as np
 
-from helpers.ppca import _LOG2PI, _logdet_pd, _missing_per_pixel
+from helpers.ppca.layout import missing_per_pixel
+from helpers.ppca.linalg import LOG2PI, logdet_pd
+from helpers.ppca.state import FitState
 
-__all__ = ["em_step_fast"]
+__all__ = ["FastEStep", "series_terms", "CG_TOL", "CG_MAXITER", "SERIES_ORDER"]
 
 #: relative tolerance of the conjugate-gradient solves, in the A^{-1} norm
 CG_TOL = 1e-6
+
+
 #: maximum number of CG steps per group of stars
 CG_MAXITER = 30
+
+
 #: order of the series for the sums of posterior covariances (1 or 2)
 SERIES_ORDER = 2
 
 
-def _missing_counts(ctx):
-    """c_j = number of stars missing pixel j (from the cached missing-pixel layouts)."""
-    if "fast_c" not in ctx:
-        ctx["fast_c"] = _missing_per_pixel(ctx["layouts"], ctx["D"])
-    return ctx["fast_c"]
-
-
-def _series_terms(W, s2, c, N, order):
+def series_terms(W, s2, c, N, order):
     """Sums over stars needed by the M-step and the likelihood (float64).
 
     Returns ``(SigSum, Scorr, trMG, logdet_sum)``:
@@ -79,7 +78,7 @@ def _series_terms(W, s2, c, N, order):
     tr1 = float(np.trace(AG))
     Scorr = c[:, None] * U                       # zeroth order
     trMG = tr1
-    logdet = N * float(_logdet_pd(A)) - tr1
+    logdet = N * float(logdet_pd(A)) - tr1
     if order >= 2:
         # T2 = sum_n G_n A^{-1} G_n = W^T (C o P) W, with C_ij ~ c_i c_j / N off the diagonal
         cd = c * d
@@ -146,7 +145,7 @@ def _group_fast(grp, xx, Y, nobs, a, par):
             n_cg += 1
     par["Zpost"][a + stars] = z
     quad = (r2 - np.einsum("ij,ij->i", b, z)) / par["s2"]
-    nll = 0.5 * float(np.sum(nobs * _LOG2PI + (nobs - K) * par["log_s2"] + quad))
+    nll = 0.5 * float(np.sum(nobs * LOG2PI + (nobs - K) * par["log_s2"] + quad))
     return nll, n_cg
 
 
@@ -164,72 +163,101 @@ def _group_fill(grp, xflat, a, par):
     return float(np.einsum("ij,ij->", xh, xh, dtype=np.float64))
 
 
-def em_step_fast(est, ctx, W, m, s2):
-    """One fast EM iteration (missing fluxes latent, no weights); same contract as
-    :meth:`helpers.ppca.PPCA._em_step_missing`: returns the (series-approximated)
-    observed-data negative log-likelihood at the input parameters and a function that
-    completes the iteration (imputed fluxes, second product, M-step) and returns the new
-    parameters.
+
+class FastEStep:
+    """One fast EM iteration (missing fluxes latent, no weights).
+
+    Book: {ref}`sec-ppca-em`
+
+    Same contract as :class:`helpers.ppca.exact.ExactEStep`: ``nll, finish = step(W, m,
+    sigma2)`` returns the (series-approximated) observed-data negative log-likelihood at the
+    input parameters and a function that completes the iteration (imputed fluxes, second
+    product, M-step) and returns the new parameters.
+
+    Parameters
+    ----------
+    state : FitState
+    K : int
+
+    Attributes
+    ----------
+    cg_steps : list of int
+        Largest number of CG steps of any group, per iteration.
     """
-    D, K, N, dt = ctx["D"], ctx["K"], ctx["N"], ctx["dt"]
-    c = _missing_counts(ctx)
-    WtW = W.T @ W
-    A = s2 * np.eye(K) + WtW
-    Ainv = np.linalg.inv(A)
-    Ainv = 0.5 * (Ainv + Ainv.T)
-    Wext = np.zeros((D + 1, K + 1), dtype=dt)
-    Wext[:D, :K] = W
-    Wext[:D, K] = m
-    if ctx.get("post_z") is None:
-        ctx["post_z"] = np.empty((N, K))
-    par = dict(K=K, dt=dt, s2=s2, log_s2=np.log(s2), A=A, Ainv=Ainv, Wext=Wext,
-               Wtm=W.T @ m, mm_tot=float(m @ m), Zpost=ctx["post_z"])
-    star_cnt = ctx["star_cnt"]
 
-    def chunk1(a, b, lay, xc):
-        Y = (xc @ Wext).astype(np.float64)
-        xx = ctx["xx"][a:b]
-        res = [_group_fast(grp, xx, Y, star_cnt[a + grp[0]], a, par) for grp in lay.groups()]
-        return sum(r[0] for r in res), max(r[1] for r in res)
+    def __init__(self, state: FitState, K: int):
+        self.state = state
+        self.K = K
+        self.post_z = None
+        self.cg_steps = []
+        self._c = None
 
-    res = est._map_chunks(ctx, chunk1)
-    nll = float(sum(r[0] for r in res))
-    n_cg_max = max(r[1] for r in res)
-    SigSum, Scorr, trMG, logdet_sum = _series_terms(W, s2, c, N, SERIES_ORDER)
-    nll += 0.5 * logdet_sum
-    stats = ctx.setdefault("fast_cg_steps", [])
-    stats.append(n_cg_max)
-    est.cg_steps_ = stats        # largest number of CG steps of any group, per iteration
+    def missing_counts(self):
+        """c_j = number of stars missing pixel j (from the missing-pixel layouts)."""
+        if self._c is None:
+            self._c = missing_per_pixel(self.state.layouts, self.state.D)
+        return self._c
 
-    def finish():
-        Zall = par["Zpost"]
-        def chunk2(a, b, lay, xc):
-            xflat = xc.reshape(-1)
-            ex2 = sum(_group_fill(grp, xflat, a, par) for grp in lay.groups())
-            ex2 += float(ctx["xx"][a:b].sum())
-            Za = np.empty((b - a, K + 1), dtype=dt)
-            Za[:, :K] = Zall[a:b]
-            Za[:, K] = 1
-            return ex2, (xc.T @ Za).astype(np.float64)
+    def __call__(self, W, m, s2):
+        st, K = self.state, self.K
+        D, N, dt = st.D, st.N, st.dt
+        c = self.missing_counts()
+        WtW = W.T @ W
+        A = s2 * np.eye(K) + WtW
+        Ainv = np.linalg.inv(A)
+        Ainv = 0.5 * (Ainv + Ainv.T)
+        Wext = np.zeros((D + 1, K + 1), dtype=dt)
+        Wext[:D, :K] = W
+        Wext[:D, K] = m
+        if self.post_z is None:
+            self.post_z = np.empty((N, K))
+        par = dict(K=K, dt=dt, s2=s2, log_s2=np.log(s2), A=A, Ainv=Ainv, Wext=Wext,
+                   Wtm=W.T @ m, mm_tot=float(m @ m), Zpost=self.post_z)
+        star_cnt = st.star_cnt
 
-        Sxz = np.zeros((D + 1, K + 1))
-        ex2 = 0.0
-        for ex2_k, sxz_k in est._map_chunks(ctx, chunk2):
-            ex2 += ex2_k
-            Sxz += sxz_k
-        Szz = SigSum + Zall.T @ Zall
-        zsum = Zall.sum(axis=0)
-        ex2 += float(c.sum()) * s2 + trMG
-        Sxz = Sxz[:D]
-        Sxz[:, :K] += Scorr
-        Am = np.empty((K + 1, K + 1))
-        Am[:K, :K] = Szz
-        Am[:K, K] = zsum
-        Am[K, :K] = zsum
-        Am[K, K] = N
-        Wt = np.linalg.solve(Am, Sxz.T).T
-        s2_new = (ex2 - float(np.sum(Wt * Sxz))) / (N * D)
-        s2_new = max(s2_new, 1e-12 * s2)
-        return Wt[:, :K].copy(), Wt[:, K].copy(), s2_new
+        def chunk1(a, b, lay, xc):
+            Y = (xc @ Wext).astype(np.float64)
+            xx = st.xx[a:b]
+            res = [_group_fast(grp, xx, Y, star_cnt[a + grp[0]], a, par) for grp in lay.groups()]
+            return sum(r[0] for r in res), max(r[1] for r in res)
 
-    return nll, finish
+        res = st.map_chunks(chunk1)
+        nll = float(sum(r[0] for r in res))
+        n_cg_max = max(r[1] for r in res)
+        SigSum, Scorr, trMG, logdet_sum = series_terms(W, s2, c, N, SERIES_ORDER)
+        nll += 0.5 * logdet_sum
+        self.cg_steps.append(n_cg_max)
+
+        def finish():
+            Zall = par["Zpost"]
+
+            def chunk2(a, b, lay, xc):
+                xflat = xc.reshape(-1)
+                ex2 = sum(_group_fill(grp, xflat, a, par) for grp in lay.groups())
+                ex2 += float(st.xx[a:b].sum())
+                Za = np.empty((b - a, K + 1), dtype=dt)
+                Za[:, :K] = Zall[a:b]
+                Za[:, K] = 1
+                return ex2, (xc.T @ Za).astype(np.float64)
+
+            Sxz = np.zeros((D + 1, K + 1))
+            ex2 = 0.0
+            for ex2_k, sxz_k in st.map_chunks(chunk2):
+                ex2 += ex2_k
+                Sxz += sxz_k
+            Szz = SigSum + Zall.T @ Zall
+            zsum = Zall.sum(axis=0)
+            ex2 += float(c.sum()) * s2 + trMG
+            Sxz = Sxz[:D]
+            Sxz[:, :K] += Scorr
+            Am = np.empty((K + 1, K + 1))
+            Am[:K, :K] = Szz
+            Am[:K, K] = zsum
+            Am[K, :K] = zsum
+            Am[K, K] = N
+            Wt = np.linalg.solve(Am, Sxz.T).T
+            s2_new = (ex2 - float(np.sum(Wt * Sxz))) / (N * D)
+            s2_new = max(s2_new, 1e-12 * s2)
+            return Wt[:, :K].copy(), Wt[:, K].copy(), s2_new
+
+        return nll, finish

@@ -1,0 +1,264 @@
+"""Where EM starts: a rank-K fit of a subsample whose missing entries the fit imputes itself.
+
+Book: {ref}`sec-ppca-start`
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from helpers.memory import release_pages
+from helpers.ppca import threads
+from helpers.ppca.layout import missing_layout, missing_per_pixel
+from helpers.ppca.linalg import max_angle_deg, orth, row_sq
+from helpers.ppca.state import FitState
+
+__all__ = ["START_ANGLE_TOL", "START_MAX_ROUNDS", "initial_parameters", "start_fit", "fit_ext",
+           "impute_chunk"]
+
+
+#: the start stops refining once the subspace moves by less than this between rounds (degrees)
+START_ANGLE_TOL = 0.05
+
+
+#: at most this many rounds (each: two products with the subsample, one imputation pass)
+START_MAX_ROUNDS = 8
+
+
+def initial_parameters(state: FitState, K: int, n_init_rows: int, random_state, tol: float,
+                       chunk_size: int):
+    """Starting ``(W, m, sigma2, info)`` of EM: :func:`start_fit` on a seeded subsample.
+
+    Book: {ref}`sec-ppca-start`
+
+    With the kept centred copy (``state.buf``) every star is used; otherwise a random
+    subsample of ``n_init_rows`` stars (seeded by ``random_state``) is copied, centred on
+    ``state.mu0``, with its missing entries set to 0.  ``m`` is returned relative to
+    ``state.mu0``.
+    """
+    X, mask, weights = state.X, state.mask, state.weights
+    N, D, dt = state.N, state.D, state.dt
+    n_s = min(N, int(n_init_rows))
+    rng = np.random.default_rng(random_state)
+    if state.kept:
+        # every star, already centred with missing entries 0 by the scan
+        Xs, lay_s, chunks_s, xx_s, cs_s = (state.buf, state.layouts, state.chunks, state.xx,
+                                           state.col_sum)
+    else:
+        mu0_dt = state.mu0_dt
+        cs = chunk_size
+        rows = np.sort(rng.choice(N, size=n_s, replace=False))
+        Xs = np.zeros((n_s, D + 1), dtype=dt)
+        xx_s = np.empty(n_s)
+        cs_s = np.zeros(D + 1)
+        lay_s, chunks_s = [], []
+        for i0 in range(0, n_s, cs):
+            r = rows[i0:i0 + cs]
+            blk = Xs[i0:i0 + r.size]
+            xs = blk[:, :D]
+            np.copyto(xs, X[r], casting="unsafe")
+            ob = np.asarray(mask[r]) if mask is not None else np.isfinite(xs)
+            if weights is not None:
+                ob = ob & (np.asarray(weights[r]) > 0)
+            np.subtract(xs, mu0_dt, out=xs)
+            lay = missing_layout(~ob, D)
+            blk.reshape(-1)[lay.flat] = 0
+            xx_s[i0:i0 + r.size] = row_sq(blk)
+            cs_s += blk.sum(axis=0, dtype=np.float64)
+            lay_s.append(lay)
+            chunks_s.append((i0, i0 + r.size))
+        for arr in (X, mask, weights):      # the random rows touched most of the file's pages
+            if arr is not None:
+                release_pages(arr, 0, N)
+    W, m, s2, start_info = start_fit(Xs, lay_s, chunks_s, xx_s, cs_s[:D], K, rng, tol=tol)
+    del Xs
+    if weights is not None:
+        s2 = s2 * (state.w_sum / state.n_obs_total)  # sigma2 multiplies 1/omega
+    if not state.kept:
+        # The subsample's own mean is noisier than the observed means mu0 of all N stars:
+        # keep only what imputation changes, its imputed minus its observed means.
+        cnt_s = n_s - missing_per_pixel(lay_s, D)
+        m = m - np.divide(cs_s[:D], cnt_s, out=m.copy(), where=cnt_s > 0)
+    return W, m, s2, start_info
+
+
+def start_fit(Xs, layouts, chunks, xx, col_sum, K, rng, tol=0.0):
+    """Starting ``(W, m, sigma2)``: a rank-K fit of the subsample ``Xs`` with its missing
+    entries imputed by the fit itself.
+
+    Book: chapter 5, "Step 1: PPCA with missing pixels" (notebooks/05_rsca.md).
+
+    ``Xs`` is ``(n, D + 1)``, centred on the reference spectrum ``mu0``, missing entries 0
+    (and the padding column D 0); ``layouts``/``chunks`` give its missing entries, ``xx`` the
+    sums of squares of its rows and ``col_sum`` its column sums.  Each round is one step of
+    subspace iteration on ``p`` columns (K + 2 rounded up to a multiple of 8) of the imputed
+    matrix ``X`` centred on its mean ``m``, in two passes over ``Xs`` with chunks in
+    parallel: the first imputes every missing entry by the previous round's fit
+    ``m_d + TK_n . VK_d`` and forms ``Z = X^T T`` on the same rows; the second forms
+    ``T = X Vp`` with ``Vp = orth(Z)`` (the centring is applied as rank-one corrections).  A
+    Rayleigh-Ritz rotation of ``T`` gives the K leading axes ``VK`` and scores ``TK``.  The
+    first ``T`` comes from a random sketch.  This is EM for PCA with missing values (hard
+    imputation): the fit converges to the rank-K least-squares fit of the observed entries,
+    close to the PPCA maximum, at about the missing fraction per round.  Mean imputation alone leaves the subspace several degrees
+    and the mean a few noise units / sqrt(N) away, which costs EM an extra pass over the
+    data.  Rounds stop when the next change of the subspace, extrapolated from the last two,
+    falls below ``START_ANGLE_TOL`` degrees (only axes whose variance stands above the noise
+    bulk, 1.5 times its edge ``sigma2 (1 + sqrt(D / n))^2``, count: axes inside the bulk turn
+    freely without changing the fit), or when the change of the Gaussian objective implied by
+    ``sigma2`` between rounds falls below half of EM's relative tolerance ``tol``.
+
+    ``sigma2`` is the mean squared residual of the *observed* entries (scaled by
+    ``D / (D - K)`` for the fitted dimensions), computed without a pass over the residual:
+    ``||Xc - TK VK^T||^2 = ||Xc||^2 - ||TK||^2``, minus the residual at the missing entries
+    (the last change of their imputed values, negligible).  Returns ``(W, m, sigma2, info)``,
+    ``m`` relative to ``mu0``.
+    """
+    n, D1 = Xs.shape
+    D = D1 - 1
+    dt = Xs.dtype
+    p = min(-(-(K + 2) // 8) * 8, n, D)   # a multiple of 8: BLAS runs skinny products faster
+    n_obs = float(n * D - sum(lay.n_miss for lay in layouts))
+    xx_sum = float(xx.sum())
+    miss_sum = np.zeros(D + 1)              # per-pixel sums of the imputed values
+    _map = threads.group_mapper()
+    idx_chunks = range(len(chunks))
+
+    def pass_T(Vp):
+        """T = Xs Vp (uncentred), chunks in parallel."""
+        Vp_dt = Vp.astype(dt)
+        T = np.empty((n, Vp.shape[1]), dtype=dt)
+
+        def job(k):
+            a, b = chunks[k]
+            np.matmul(Xs[a:b, :D], Vp_dt, out=T[a:b])
+
+        for _ in _map(job, idx_chunks):
+            pass
+        return T.astype(np.float64)
+
+    def pass_Z(Tc, fit):
+        """Impute with ``fit`` (if any), then Z = Xs^T Tc, chunk by chunk in parallel."""
+        Tc_dt = Tc.astype(dt)
+
+        def job(k):
+            a, b = chunks[k]
+            imp = None
+            if fit is not None:
+                imp = impute_chunk(Xs[a:b], layouts[k], fit[0], fit[1][a:b], True)
+            return imp, (Xs[a:b, :D].T @ Tc_dt[a:b]).astype(np.float64)
+
+        Z = np.zeros((D, Tc.shape[1]))
+        new_sum = np.zeros(D + 1) if fit is not None else None
+        new_sq = 0.0
+        for imp, Zk in _map(job, idx_chunks):
+            Z += Zk
+            if imp is not None:
+                new_sum += imp[2]
+                new_sq += imp[3]
+        return Z, new_sum, new_sq
+
+    Om = rng.standard_normal((D, p))        # a random sketch to begin with
+    m = col_sum / n
+    Tc = pass_T(Om) - m @ Om
+    fit = None
+    VK_prev = None
+    angles = []
+    sq_now = 0.0                            # sum of squares of the values at missing entries
+    s2_hist = []
+    for r in range(START_MAX_ROUNDS):
+        Z, new_sum, new_sq = pass_Z(Tc, fit)
+        if new_sum is not None:
+            miss_sum, sq_now = new_sum, new_sq
+        m = (col_sum + miss_sum[:D]) / n     # mean of the matrix as now imputed
+        Z -= np.outer(m, Tc.sum(axis=0))
+        Vp = orth(Z)
+        Tc = pass_T(Vp) - m @ Vp
+        ev, U = np.linalg.eigh(Tc.T @ Tc)
+        U = U[:, ::-1][:, :K]
+        ev = ev[::-1][:K]
+        VK = Vp @ U
+        TK = Tc @ U
+        done = r == START_MAX_ROUNDS - 1
+        if VK_prev is not None:
+            # Only axes above the noise count: axes inside the noise bulk (K larger than
+            # the data's rank) keep turning without changing the fit.
+            tot = xx_sum + sq_now - n * float(m @ m)
+            s2_r = max(tot - float(np.sum(ev)), 0.0) / n_obs * D / max(D - K, 1)
+            edge = n * s2_r * (1.0 + np.sqrt(D / n)) ** 2
+            k_sig = max(1, int(np.count_nonzero(ev > 1.5 * edge)))
+            angles.append(max_angle_deg(VK_prev[:, :k_sig], VK[:, :k_sig]))
+            s2_hist.append(s2_r)
+            a = angles[-1]
+            # the error left is about the next change: a * (a / previous a) when converging
+            pred = a * a / angles[-2] if len(angles) > 1 and angles[-2] > a else a
+            done = done or pred < START_ANGLE_TOL
+            if len(s2_hist) > 1 and s2_hist[-1] > 0 and s2_hist[-2] > 0:
+                # the fit's objective, as far as sigma2 shows it, has settled well within
+                # EM's tolerance: what the subspace still does hardly changes the likelihood
+                nll_r = 0.5 * n_obs * (np.log(2 * np.pi * s2_hist[-1]) + 1.0)
+                dnll = 0.5 * n_obs * abs(np.log(s2_hist[-1] / s2_hist[-2]))
+                done = done or dnll < 0.5 * tol * max(abs(nll_r), 0.5 * n_obs)
+        imputed = fit is not None
+        fit = fit_ext(VK, TK, m, dt)
+        if done:
+            sq_old, resid = sq_now, 0.0
+            if not imputed:
+                # missing entries still 0: their residual under this fit counts in full
+                def gather(k, fit=fit):
+                    a, b = chunks[k]
+                    return impute_chunk(Xs[a:b], layouts[k], fit[0], fit[1][a:b], False)
+
+                for so, rs, _, _ in _map(gather, idx_chunks):
+                    resid += rs
+            # (after imputation, their residual is the last change of the imputed values,
+            # about 1e-5 of the residual of the observed entries: neglected)
+            break
+        VK_prev = VK
+    # residual of the observed entries, for the imputed matrix as it was in the last round
+    tot = xx_sum + sq_old - n * float(m @ m)
+    rss = max(tot - float(np.sum(ev)) - resid, 0.0)
+    s2 = rss / n_obs * D / max(D - K, 1)
+    s2 = max(s2, 1e-12 * tot / n_obs, 1e-30)
+    lam = np.maximum(ev, 0.0) / n
+    frac = n_obs / (n * D)          # imputed entries carry no noise
+    W = VK * np.sqrt(np.maximum(lam - frac * s2, 1e-3 * lam))
+    return W, m, s2, {"rounds": r + 1, "angles_deg": angles, "sigma2": s2_hist}
+
+
+def fit_ext(VK, TK, m, dt):
+    """``[VK m]`` with a zero row D (padding) and ``[TK 1]``, in the working dtype."""
+    D, K = VK.shape
+    Vext = np.zeros((D + 1, K + 1), dtype=dt)
+    Vext[:D, :K] = VK
+    Vext[:D, K] = m
+    Text = np.ones((TK.shape[0], K + 1), dtype=dt)
+    Text[:, :K] = TK
+    return Vext, Text
+
+
+def impute_chunk(xc, lay, Vext, Text, write):
+    """Impute the missing entries of one chunk by ``m_d + TK_n . VK_d`` (see
+    :func:`start_fit`); ``Vext``/``Text`` from :func:`fit_ext`, ``Text`` the chunk's rows.
+
+    Returns, over the chunk's missing entries, the sum of the old values squared and of the
+    squared change (both before writing), and (with ``write``) the per-pixel sums of the new
+    values (length D + 1, padding in the last entry zeroed) and the sum of their squares.
+    """
+    D = Vext.shape[0] - 1
+    xflat = xc.reshape(-1)
+    sq_old = resid = sq_new = 0.0
+    sums = np.zeros(D + 1) if write else None
+    for stars, idx, flat in lay.groups():
+        if not idx.shape[1]:
+            continue
+        new = np.matmul(np.take(Vext, idx, axis=0), Text[stars][:, :, None]).reshape(-1)
+        old = xflat[flat]
+        d = old - new
+        sq_old += float(np.dot(old.astype(np.float64), old))
+        resid += float(np.dot(d.astype(np.float64), d))
+        if write:
+            xflat[flat] = new
+            sums += np.bincount(idx.reshape(-1), weights=new, minlength=D + 1)
+            sq_new += float(np.dot(new.astype(np.float64), new))
+    if write:
+        sums[D] = 0.0
+    return sq_old, resid, sums, sq_new
