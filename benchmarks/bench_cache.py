@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from helpers import apogee as ap  # noqa: E402
-from helpers import spectra_cache as sc  # noqa: E402
+from helpers import apogee as sc  # noqa: E402
 
 WORK = HERE / "_work"
 RESULTS = HERE / "results" / "cache.json"

@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     import papermill as pm
     import yaml
 
-    from helpers.pipeline import PAPER_N_FIELD, MaskParams, chapter_source, rsca_inputs
+    from helpers.rsca.pipeline import PAPER_N_FIELD, MaskParams, chapter_source, rsca_inputs
     from helpers.paths import cache_dir
     from helpers.sweep import RESULTS_ENV
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from helpers.doppelganger import loco_doppelganger_rates
+from helpers.rsca.doppelganger import loco_doppelganger_rates
 
 N_FIELD, K, N_CLUSTERS, N_MEMBERS = 151_000, 30, 22, 185
 

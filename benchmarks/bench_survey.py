@@ -36,7 +36,7 @@ RESULTS = HERE / "results" / "survey.json"
 
 CHILD = r"""
 import json, sys, time
-from helpers import synthetic as syn
+from helpers import survey as syn
 kw = json.loads(sys.argv[1])
 threads = kw.pop("n_threads")
 p = syn.paper_scale_params(**kw)
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--keep", action="store_true", help="keep the generated survey")
     args = ap.parse_args(argv)
-    from helpers.synthetic import paper_scale_params
+    from helpers.survey import paper_scale_params
     paper = paper_scale_params()
     args.n_field = paper.n_field if args.n_field is None else args.n_field
     args.n_jwst = paper.n_jwst if args.n_jwst is None else args.n_jwst
@@ -128,10 +128,10 @@ def main(argv=None) -> int:
 
     import numpy as np
     import pandas as pd
-    from helpers import synthetic as syn
+    from helpers import survey as syn
     s = syn.load_survey(out)
     a = s.allstar
-    from helpers.selection import select_rsca_sample
+    from helpers.rsca.selection import select_rsca_sample
 
     chosen = select_rsca_sample(a, s.occam_members)
     counts = pd.Series(chosen.cluster_labels).value_counts()

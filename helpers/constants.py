@@ -1,6 +1,6 @@
 """Physical constants the book uses, each defined once.
 
-Book: {ref}`sec-spectra-doppler`
+Book: {ref}`sec-atmosphere`
 """
 
 from __future__ import annotations

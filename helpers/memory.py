@@ -1,6 +1,6 @@
 """Keeping the resident memory of streamed memory maps small.
 
-Book: {ref}`sec-ppca-engine`
+Book: {ref}`sec-rsca-ppca`
 
 PPCA passes over a memory-mapped survey many times, and the survey generator writes one of
 18 GB; without help the pages they touched count towards the process's resident set until
@@ -19,7 +19,7 @@ __all__ = ["release_pages"]
 def release_pages(array, start: int = 0, stop: int | None = None, *, flush: bool = False) -> None:
     """Drop rows ``start:stop`` of a memory map from this process's resident memory.
 
-    Book: {ref}`sec-ppca-engine`
+    Book: {ref}`sec-rsca-ppca`
 
     Parameters
     ----------

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from helpers.apogee.grid import CHIPS, wavelength_grid
+
 __all__ = ["STYLE_FILE", "OKABE_ITO", "use_book_style", "shade_chip_gaps"]
 
 #: The single matplotlib style file every figure of the book uses.
@@ -21,7 +23,7 @@ def use_book_style() -> None:
 
     Book: chapter 1, "How the book draws figures".
     """
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # imported when a figure is drawn: keeps `import helpers` light
 
     plt.style.use(str(STYLE_FILE))
 
@@ -36,8 +38,6 @@ def shade_chip_gaps(ax, color: str = "0.9") -> None:
     ax : matplotlib.axes.Axes
         Axes whose x axis is vacuum wavelength in Angstrom.
     """
-    from helpers.apogee import CHIPS, wavelength_grid
-
     wave = wavelength_grid()
     edges = sorted((s.start, s.stop) for s in CHIPS.values())
     gaps = [(0, edges[0][0])] + [(a[1], b[0]) for a, b in zip(edges, edges[1:])]

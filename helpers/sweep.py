@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from helpers.paths import cache_dir
+
 __all__ = ["record_result", "grid_points", "point_id", "run_sweep", "main", "RESULTS_ENV"]
 
 #: Environment variable through which a sweep tells a chapter where to record its results.
@@ -97,7 +99,7 @@ def point_id(notebook: Path, point: dict) -> str:
 def _notebook_parameters(notebook: Path) -> set:
     import ast
 
-    import jupytext
+    import jupytext  # optional dependency (the book/test extras)
 
     nb = jupytext.read(notebook)
     cells = [c for c in nb.cells if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])]
@@ -113,7 +115,7 @@ def _notebook_parameters(notebook: Path) -> set:
 def _run_point(notebook: str, source_ipynb: str, out_ipynb: str, out_json: str, point: dict,
                timeout: float | None) -> dict:
     """Execute one grid point in this (worker) process; return its record."""
-    import papermill as pm
+    import papermill as pm  # optional dependency (the book/test extras)
 
     os.environ[RESULTS_ENV] = out_json
     record = {"notebook": notebook, "params": point, "status": "running", "results": {}}
@@ -159,11 +161,9 @@ def run_sweep(notebook, params: dict, seeds=None, out=None, jobs: int = 2, seed_
         One row per grid point: parameters, recorded results, ``status``, ``error``,
         ``seconds``, ``point``. Also written to ``OUT/results.csv``.
     """
-    import jupytext
+    import jupytext  # optional dependencies (the book/test extras): imported when a sweep runs
     import nbformat
     import pandas as pd
-
-    from helpers.paths import cache_dir
 
     notebook = Path(notebook).resolve()
     if not notebook.is_file():

@@ -247,7 +247,7 @@ def test_read_allstar_columns_and_selection(tmp_path):
     assert list(df.columns) == ["APOGEE_ID", "TEFF"]
     full = ap.read_allstar(path)
     # row 1 lacks an element that RSCA uses (index 2 = N); row 2 is STAR_BAD
-    from helpers.selection import passes_field_cuts
+    from helpers.rsca.selection import passes_field_cuts
 
     assert passes_field_cuts(full).tolist() == [True, False, False, True, True]
     with pytest.raises(ap.ApogeeFormatError, match=r"a\.fits.*missing column.*NOPE"):

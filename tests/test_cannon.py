@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from helpers import apogee
-from helpers.cannon import (air_to_vacuum, apogee_model, load_cannon_model, nirspec_model,
+from helpers.spectra.cannon import (air_to_vacuum, apogee_model, load_cannon_model, nirspec_model,
                             vacuum_to_air)
-from helpers.spectroscopy import add_noise, equivalent_width, pixels_per_resolution_element
+from helpers.spectra.spectroscopy import add_noise, equivalent_width, pixels_per_resolution_element
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,9 @@
-"""Tests of the chemical model (helpers.chemistry): dimensions, distributions, clusters."""
+"""Tests of the chemical model (helpers.survey.chemistry): dimensions, distributions, clusters."""
 
 import numpy as np
 import pytest
 
-from helpers import chemistry as chem
+from helpers.survey import chemistry as chem
 
 
 def test_module_docstring_names_book_section():

@@ -1,10 +1,12 @@
-"""helpers.dimensionality (chapter 6) on small planted data."""
+"""helpers.rsca.dimensionality and helpers.rsca.representation (chapter 6) on small planted data."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import dimensionality as dm
+from helpers.rsca import dimensionality as dm
+from helpers.rsca import representation as rp
+from helpers.rsca.pairs import PairFilter
 
 
 def planted(seed=0, n_field=3000, K=8, n_clusters=8, per=6, tight=3):
@@ -17,9 +19,9 @@ def planted(seed=0, n_field=3000, K=8, n_clusters=8, per=6, tight=3):
     scatter[:tight] = 0.1
     clust = centres * np.where(scatter < 1, 1.0, 0.0) + rng.normal(size=(labels.size, K)) * scatter
     comps = np.linalg.qr(rng.normal(size=(50, K)))[0].T
-    rep = dm.Representation(field, clust, comps, np.linspace(2, 1, K), 0.01, {"K": K})
-    pairs = {"vhelio_pop": rng.normal(0, 3, n_field), "ak_pop": np.full(n_field, 0.1),
-             "vhelio_clust": rng.normal(0, 1, labels.size), "ak_clust": np.full(labels.size, 0.1)}
+    rep = rp.Representation(field, clust, comps, np.linspace(2, 1, K), 0.01, {"K": K})
+    pairs = PairFilter(rng.normal(0, 3, n_field), np.full(n_field, 0.1),
+                       rng.normal(0, 1, labels.size), np.full(labels.size, 0.1))
     return rep, labels, pairs
 
 
@@ -37,12 +39,12 @@ def test_principal_angles():
     rng = np.random.default_rng(1)
     A = rng.normal(size=(3, 20))
     mix = rng.normal(size=(3, 3))
-    np.testing.assert_allclose(dm.principal_angles(A, mix @ A), 0, atol=1e-5)
+    np.testing.assert_allclose(rp.principal_angles(A, mix @ A), 0, atol=1e-5)
     B = np.eye(20)[:3]
     C = np.eye(20)[3:6]
-    np.testing.assert_allclose(dm.principal_angles(B, C), 90, atol=1e-9)
+    np.testing.assert_allclose(rp.principal_angles(B, C), 90, atol=1e-9)
     with pytest.raises(ValueError, match="same number of columns"):
-        dm.principal_angles(A, np.ones((2, 5)))
+        rp.principal_angles(A, np.ones((2, 5)))
 
 
 def test_scans_find_the_planted_dimensions():
@@ -92,18 +94,18 @@ def test_ppca_representation_caches(tmp_path, monkeypatch):
     inputs = SimpleNamespace(path=Path("fake-inputs"), field_flux=make(400), field_observed=obs_f,
                              cluster_flux=make(12), cluster_observed=np.broadcast_to(pixel_mask, (12, D)).copy(),
                              pixel_mask=pixel_mask)
-    rep = dm.ppca_representation(inputs, K, n_fit=200, seed=0)
+    rep = rp.ppca_representation(inputs, K, n_fit=200, seed=0)
     assert rep.field.shape == (400, K) and rep.cluster.shape == (12, K)
     assert rep.components.shape == (K, D - 5) and not rep.info["from_cache"]
-    again = dm.ppca_representation(inputs, K, n_fit=200, seed=0)
+    again = rp.ppca_representation(inputs, K, n_fit=200, seed=0)
     assert again.info["from_cache"]
     np.testing.assert_array_equal(rep.field, again.field)
     # the fitted subspace is the planted one
-    assert dm.principal_angles(rep.components, basis[:, 5:]).max() < 5
+    assert rp.principal_angles(rep.components, basis[:, 5:]).max() < 5
 
 
 def test_plateau_n():
-    from helpers.dimensionality import plateau_n
+    from helpers.rsca.dimensionality import plateau_n
 
     assert plateau_n([0.10, 0.05, 0.021, 0.02, 0.022], [1, 2, 3, 4, 5]) == 3
     assert plateau_n([0.10, 0.05, 0.03, 0.02], [1, 2, 3, 4]) == 4

@@ -1,8 +1,8 @@
-"""Tests of helpers.doppelganger: rates by hand, leave-one-cluster-out without leaks."""
+"""Tests of helpers.rsca.doppelganger: rates by hand, leave-one-cluster-out without leaks."""
 import numpy as np
 import pytest
 
-from helpers.doppelganger import (doppelganger_rate, leave_one_cluster_out_splits,
+from helpers.rsca.doppelganger import (doppelganger_rate, leave_one_cluster_out_splits,
                                   loco_doppelganger_rates, weighted_bootstrap)
 from helpers.rsca import RelevantScaling
 

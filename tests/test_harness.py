@@ -68,9 +68,16 @@ def test_one_source_per_chapter_in_build():
     assert config.get("only_build_toc_files") is True
 
 
+def helper_modules():
+    """Every module of the helpers package, subpackages included (``__main__`` modules, which
+    run a command line when imported, left out)."""
+    return sorted(m.name for m in pkgutil.walk_packages(helpers.__path__, "helpers.")
+                  if not m.name.endswith(".__main__"))
+
+
 def test_helpers_import_without_side_effects():
     """Importing every helpers module prints nothing, writes nothing, and names its book section."""
-    modules = [m.name for m in pkgutil.iter_modules(helpers.__path__, "helpers.")]
+    modules = helper_modules()
     assert modules
     for name in modules:
         mod = importlib.import_module(name)
@@ -78,12 +85,61 @@ def test_helpers_import_without_side_effects():
 
 
 def test_public_helpers_have_docstrings():
-    for info in pkgutil.iter_modules(helpers.__path__, "helpers."):
-        mod = importlib.import_module(info.name)
+    for name in helper_modules():
+        mod = importlib.import_module(name)
         for attr in getattr(mod, "__all__", []):
             obj = getattr(mod, attr)
-            if callable(obj) and getattr(obj, "__module__", None) == info.name:
-                assert obj.__doc__, f"{info.name}.{attr} has no docstring"
+            if callable(obj) and getattr(obj, "__module__", None) == name:
+                assert obj.__doc__, f"{name}.{attr} has no docstring"
+
+
+def _helpers_import_graph():
+    """``{module: set of helpers modules it imports}`` from the source (``import`` statements
+    anywhere in the module); a submodule importing its own package is not counted."""
+    files = {}
+    for path in (REPO / "helpers").rglob("*.py"):
+        name = ".".join(path.relative_to(REPO).with_suffix("").parts)
+        files[name.removesuffix(".__init__")] = path
+    graph = {m: set() for m in files}
+    for m, path in files.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            graph[m] |= {t for t in targets if t in files and t != m and not m.startswith(t + ".")}
+    return graph, files
+
+
+def test_helpers_import_graph_has_no_circle():
+    graph, _ = _helpers_import_graph()
+    state = {}
+
+    def visit(m, path):
+        state[m] = "open"
+        for t in sorted(graph[m]):
+            if state.get(t) == "open":
+                cycle = path[path.index(t):] + [t]
+                pytest.fail("import circle: " + " -> ".join(cycle))
+            if t not in state:
+                visit(t, path + [t])
+        state[m] = "done"
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+
+
+def test_helpers_modules_are_short_or_say_why():
+    _, files = _helpers_import_graph()
+    for name, path in files.items():
+        n_lines = path.read_text().count("\n")
+        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+        assert n_lines <= 600 or "Why this module is long:" in doc, \
+            f"{path.relative_to(REPO)} has {n_lines} lines: split it by concept, or say in its " \
+            "docstring why not ('Why this module is long: ...')"
 
 
 def test_torch_pinned():

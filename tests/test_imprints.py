@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from helpers.apogee import CDELT1, wavelength_grid
-from helpers.imprints import band_equivalent_width, observed_frame_mask, velocity_binned_residuals
+from helpers.survey.imprints import band_equivalent_width, observed_frame_mask, velocity_binned_residuals
 
 C_KMS = 299_792.458
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from helpers.apogee import chip_mask, wavelength_grid
-from helpers.masking import (WindowRule, band_coverage, censor, censored_fractions, find_windows,
+from helpers.rsca.masking import (WindowRule, band_coverage, censor, censored_fractions, find_windows,
                              residual_curve, windows_in_angstrom, windows_to_mask)
 
 

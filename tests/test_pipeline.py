@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from helpers.pipeline import MaskParams, chapter_source, rsca_inputs
-from helpers.selection import SelectionParams, select_rsca_sample
-from helpers.synthetic import SurveyParams, generate_survey, load_survey
+from helpers.rsca.pipeline import MaskParams, chapter_source, rsca_inputs
+from helpers.rsca.selection import SelectionParams, select_rsca_sample
+from helpers.survey import SurveyParams, generate_survey, load_survey
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def test_cached_and_keyed(survey, tmp_path):
 
 
 def test_interrupted_build_leaves_nothing(survey, tmp_path, monkeypatch):
-    import helpers.pipeline as pipeline
+    import helpers.rsca.pipeline as pipeline
 
     def boom(*args, **kwargs):
         raise RuntimeError("killed")
@@ -60,7 +60,7 @@ def test_too_few_reference_stars_is_a_clear_error(survey, tmp_path):
 
 def test_real_data_source_from_a_cache(survey, tmp_path):
     from helpers.apogee import write_occam_members
-    from helpers.spectra_cache import build_spectra_cache
+    from helpers.apogee import build_spectra_cache
 
     has_file = survey.truth.HAS_FILE.to_numpy()
     cat = survey.allstar.iloc[np.r_[np.flatnonzero(has_file), np.flatnonzero(~has_file)[:5]]]
@@ -95,7 +95,7 @@ def test_mask_params_validation():
 
 def test_residual_curve_is_computed_once_per_input(survey, tmp_path, monkeypatch):
     """Chapter 4 and rsca_inputs ask for the same curve: the second call reads it back."""
-    import helpers.pipeline as pipeline
+    import helpers.rsca.pipeline as pipeline
     from helpers.apogee import chip_mask
 
     monkeypatch.setenv("STARS_BOOK_CACHE", str(tmp_path))

@@ -1,4 +1,4 @@
-"""Tests of PPCA(method="fast") (helpers/_ppca_fast.py; book chapter 5, 'Step 1: PPCA with
+"""Tests of PPCA(method="fast") (helpers/ppca/fast.py; book chapter 5, 'Step 1: PPCA with
 missing pixels'): the fast E-step against the exact engine."""
 import numpy as np
 import pytest

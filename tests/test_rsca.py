@@ -4,7 +4,7 @@ import pytest
 
 from helpers.rsca import (MAD_TO_SIGMA, RSCA, RelevantScaling, pooled_mad_scatter,
                           relative_weights)
-from helpers.doppelganger import doppelganger_rate
+from helpers.rsca.doppelganger import doppelganger_rate
 
 
 def planted(seed=0, N=4000, K=6, n_clusters=8, per=6, tight=(0, 1, 2), tight_scale=0.15):

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from helpers.apogee import ASPCAPFLAG_BITS, MISSING, RSCA_ELEMENTS
-from helpers.selection import SelectionParams, cut_table, field_cut_masks, select_rsca_sample
+from helpers.rsca.selection import SelectionParams, cut_table, field_cut_masks, select_rsca_sample
 
 
 def make_allstar(rows):

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from helpers import apogee as ap
-from helpers import spectra_cache as sc
+from helpers import apogee as sc
+from helpers.apogee import cache_builder
 
 
 def _mirror(root, n=6, release="dr16", seed=0):
@@ -60,7 +61,7 @@ def test_round_trip_and_reuse(tmp_path):
 
 @pytest.mark.parametrize("workers_write", [True, False])
 def test_parallel_matches_serial(tmp_path, monkeypatch, workers_write):
-    monkeypatch.setattr(sc, "_WORKERS_WRITE", workers_write)
+    monkeypatch.setattr(cache_builder, "_WORKERS_WRITE", workers_write)
     df, flux, err = _mirror(tmp_path / "sas", n=9)
     for kind, n_jobs in (("process", 1), ("process", 2), ("thread", 2)):
         out = tmp_path / f"{kind}{n_jobs}"
@@ -112,7 +113,7 @@ def test_interrupted_build_leaves_no_cache(tmp_path, monkeypatch):
     df, _, _ = _mirror(tmp_path / "sas")
     out = tmp_path / "cache"
     calls = {"n": 0}
-    real = sc._read_batch
+    real = cache_builder._read_batch
 
     def boom(*args):
         calls["n"] += 1
@@ -120,7 +121,7 @@ def test_interrupted_build_leaves_no_cache(tmp_path, monkeypatch):
             raise KeyboardInterrupt("simulated kill")
         return real(*args)
 
-    monkeypatch.setattr(sc, "_read_batch", boom)
+    monkeypatch.setattr(cache_builder, "_read_batch", boom)
     with pytest.raises(KeyboardInterrupt):
         sc.build_spectra_cache(df, out, apogee_root=tmp_path / "sas", release="dr16",
                                n_jobs=1, batch_size=2, progress=False)
@@ -135,7 +136,7 @@ def test_interrupted_rebuild_keeps_old_cache(tmp_path, monkeypatch):
     out = tmp_path / "cache"
     sc.build_spectra_cache(df, out, apogee_root=tmp_path / "sas", release="dr16",
                            n_jobs=1, progress=False)
-    monkeypatch.setattr(sc, "_read_batch", lambda *args: 1 / 0)
+    monkeypatch.setattr(cache_builder, "_read_batch", lambda *args: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         sc.build_spectra_cache(df, out, apogee_root=tmp_path / "sas", release="dr16",
                                n_jobs=1, progress=False, force=True)

@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 
 from helpers import apogee as ap
-from helpers import spectra_cache as sc
-from helpers import survey
+from helpers import apogee as sc
+from helpers.survey import cli as survey
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -98,7 +98,7 @@ def test_help_runs_as_module():
 
 _SLOW_BUILD = """
 import sys, time
-from helpers import spectra_cache as sc, apogee as ap
+from helpers.apogee import cache_builder as sc
 import pandas as pd
 real = sc._read_batch
 def slow(*args):

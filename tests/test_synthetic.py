@@ -1,4 +1,4 @@
-"""Tests of the synthetic survey generator (helpers.synthetic).
+"""Tests of the synthetic survey generator (helpers.survey).
 
 Determinism, atomic caching by parameters, files-vs-cache agreement, the formats written,
 and realism with tolerances a broken generator fails: median S/N, censored pixels, DIB
@@ -12,9 +12,12 @@ import numpy as np
 import pytest
 
 from helpers import apogee
-from helpers import synthetic as syn
-from helpers.chemistry import ELEMENTS
-from helpers.selection import passes_field_cuts, select_rsca_sample
+from helpers import survey as syn
+from helpers.constants import C_KMS
+from helpers.rsca.selection import passes_field_cuts, select_rsca_sample
+from helpers.survey import generate, lines, spectrum
+from helpers.survey.catalogue import EXCLUDED_STAR
+from helpers.survey.chemistry import ELEMENTS
 
 TINY = syn.SurveyParams(n_field=300, n_jwst=20, n_files=25, seed=7)
 MEDIUM = syn.SurveyParams(n_field=3000, n_jwst=0, n_files=0, seed=11)
@@ -93,7 +96,7 @@ def test_survey_layout_and_alignment(tiny):
     np.testing.assert_array_equal(tiny.truth.APOGEE_ID.to_numpy(), a.APOGEE_ID.to_numpy())
     assert a.APOGEE_ID.is_unique
     assert a.APOGEE_ID.str.match(r"^2M\d{8}[+-]\d{7}$").all()
-    assert syn.EXCLUDED_STAR in set(a.APOGEE_ID)
+    assert EXCLUDED_STAR in set(a.APOGEE_ID)
     # catalogue columns that the RSCA selection needs
     for c in ("TEFF", "LOGG", "ASPCAPFLAG", "AK_TARG", "VHELIO_AVG", "SNR", "VISITS",
               "TELESCOPE", "FIELD", "VSCATTER", "NVISITS"):
@@ -179,7 +182,7 @@ def test_cached_by_parameters_and_atomic(tmp_path, monkeypatch):
     assert out == syn.survey_dir(p) and syn.is_complete_survey(out, p)
     stamp = (out / "survey.json").stat().st_mtime_ns
     calls = []
-    monkeypatch.setattr(syn, "_build_catalogue", lambda *a: calls.append(1))
+    monkeypatch.setattr(generate, "build_catalogue", lambda *a: calls.append(1))
     assert syn.generate_survey(p, progress=False) == out  # reused, nothing recomputed
     assert not calls and (out / "survey.json").stat().st_mtime_ns == stamp
     assert syn.load_survey(p).params == p
@@ -188,14 +191,14 @@ def test_cached_by_parameters_and_atomic(tmp_path, monkeypatch):
 
     # a failure midway leaves neither a survey nor a temporary folder behind
     q = p.replace(seed=6)
-    real = syn._synth_block
+    real = generate.synth_block
 
     def broken(p_, b, *a, **k):
         if b == 1:
             raise RuntimeError("disk full")
         return real(p_, b, *a, **k)
 
-    monkeypatch.setattr(syn, "_synth_block", broken)
+    monkeypatch.setattr(generate, "synth_block", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         syn.generate_survey(q, progress=False, n_threads=1)
     target = syn.survey_dir(q)
@@ -247,7 +250,7 @@ def test_dib_equivalent_width_proportional_to_ak(medium, medium_residuals):
     flux = np.asarray(medium.spectra.flux)
     ratio = np.where(good & (ref > 0.3), flux / np.where(ref > 0, ref, 1), 1.0)
     v = (t.V_ISM - t.VHELIO_TRUE).to_numpy()
-    centre = 15272.42 * (1 + v / syn.C_KMS)
+    centre = 15272.42 * (1 + v / C_KMS)
     ew = np.empty(len(t))
     dl = np.gradient(wave)
     for i in range(len(t)):
@@ -332,9 +335,9 @@ def _fit_amplitude(resid, good, templ):
 def test_telluric_residuals_move_with_vhelio(medium, medium_residuals):
     resid, good, _ = medium_residuals
     t = medium.truth
-    tell, _ = syn._observed_frame_templates(22500.0)
-    q = syn._shift_index(t.VHELIO_TRUE.to_numpy())
-    uq, bank = syn._shift_bank(tell, q)
+    tell, _ = lines.observed_frame_templates(22500.0)
+    q = spectrum.shift_index(t.VHELIO_TRUE.to_numpy())
+    uq, bank = spectrum.shift_bank(tell, q)
     rest = bank[np.searchsorted(uq, q)]
     amp = _fit_amplitude(resid, good, rest)
     assert np.corrcoef(amp, t.TELLURIC_AMP)[0, 1] > 0.7
@@ -358,7 +361,7 @@ def test_plate_pattern_is_shared(medium, medium_residuals):
         n_good = good[idx].sum(0)
         mean = np.where(n_good > 0, np.where(good[idx], resid[idx], 0).sum(0)
                         / np.maximum(n_good, 1), np.nan)
-        pat = syn._plate_pattern(MEDIUM.seed, int(plate), MEDIUM.plate_systematic)
+        pat = spectrum.plate_pattern(MEDIUM.seed, int(plate), MEDIUM.plate_systematic)
         ok = inside & np.isfinite(mean)
         corrs.append(np.corrcoef(mean[ok], pat[ok])[0, 1])
     assert len(corrs) >= 5 and np.median(corrs) > 0.5
@@ -378,7 +381,7 @@ def test_persistence_on_the_blue_chip(medium, medium_residuals):
 
 
 def test_command_line(tmp_path):
-    from helpers import survey
+    from helpers.survey import cli as survey
     out = tmp_path / "cli"
     rc = survey.main(["generate", "--n-field", "200", "--n-jwst", "3", "--n-files", "2",
                       "--seed", "9", "--include-clusters", "false", "--out", str(out),

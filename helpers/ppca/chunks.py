@@ -1,6 +1,6 @@
 """Reading a (memory-mapped) flux matrix chunk by chunk for PPCA.
 
-Book: {ref}`sec-ppca-engine`
+Book: {ref}`sec-rsca-ppca`
 
 The engine never copies the data whole: every pass reads rows ``a:b`` into a small buffer,
 checks them, and tells the kernel it no longer needs those pages
@@ -19,7 +19,7 @@ __all__ = ["read_chunk", "scan_chunk"]
 def read_chunk(X, mask, weights, a, b, dt, check=True):
     """Rows ``a:b`` as ``(flux in dt (fresh copy), observed bool, omega or None)``.
 
-    Book: {ref}`sec-ppca-engine`
+    Book: {ref}`sec-rsca-ppca`
 
     With ``check``, a non-finite flux at an observed pixel, an infinite flux (NaN is the only
     missing marker without ``mask``) or a negative or non-finite weight raises a
@@ -64,7 +64,7 @@ def scan_chunk(X, mask, a, b, xc, ref=None):
     """Pass 0 on rows ``a:b`` (no weights): copy them (minus ``ref`` if given) into ``xc``,
     with missing entries 0.
 
-    Book: {ref}`sec-ppca-engine`
+    Book: {ref}`sec-rsca-ppca`
 
     Returns the chunk's missing-pixel layout, its column sums (float64), and the number
     of missing entries per star and per pixel.  A non-finite value at an observed entry

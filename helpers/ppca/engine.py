@@ -1,6 +1,6 @@
 """The PPCA fit: scan, start, EM iterations, canonical form.
 
-Book: {ref}`sec-ppca-engine`
+Book: {ref}`sec-rsca-ppca`
 
 :func:`fit_em` runs a fit in four stages, each in its own module: pass 0 over the data
 (:func:`helpers.ppca.state.scan`), the start (:func:`helpers.ppca.start.initial_parameters`),
@@ -29,7 +29,7 @@ def fit_em(X, mask, weights, *, n_components, tol, max_iter, random_state, chunk
            n_init_rows, verbose, method) -> dict:
     """Fit PPCA by EM on checked arrays; returns the fitted attributes of :class:`PPCA`.
 
-    Book: {ref}`sec-ppca-engine`
+    Book: {ref}`sec-rsca-ppca`
 
     Parameters are those of :class:`helpers.ppca.PPCA` (already validated) and the arrays of
     :meth:`helpers.ppca.PPCA.fit` (already checked for shapes and dtypes).
@@ -87,7 +87,7 @@ def fit_em(X, mask, weights, *, n_components, tol, max_iter, random_state, chunk
 def em_iterations(step, W, m, s2, *, tol, max_iter, verbose=False):
     """EM from ``(W, m, sigma2)`` until the objective settles or ``max_iter`` M-steps.
 
-    Book: {ref}`sec-ppca-em`
+    Book: {ref}`sec-rsca-ppca`
 
     Each iteration calls ``nll, finish = step(W, m, s2)``; EM stops as soon as
     ``|L_t - L_{t-1}| <= tol * |L_t|`` (the last iteration then skips ``finish``, the
@@ -131,7 +131,7 @@ def em_iterations(step, W, m, s2, *, tol, max_iter, verbose=False):
 def canonical_form(W, s2, mean) -> dict:
     """Orthonormal axes by decreasing variance, signs fixed, of a fitted ``W``.
 
-    Book: {ref}`sec-ppca-em`
+    Book: {ref}`sec-rsca-ppca`
 
     Returns
     -------

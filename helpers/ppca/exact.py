@@ -1,6 +1,6 @@
 """The exact E-steps of PPCA: missing fluxes as latent variables, and per-pixel weights.
 
-Book: {ref}`sec-ppca-em`
+Book: {ref}`sec-rsca-ppca`
 
 An E-step strategy is made for one fit from its :class:`helpers.ppca.state.FitState` and
 called once per EM iteration as ``nll, finish = step(W, m, sigma2)``: ``nll`` is the
@@ -14,7 +14,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from helpers.ppca.linalg import LOG2PI, inv_logdet_pd, logdet_pd, pack_outer, packed_index, unpack_sym
+from helpers.ppca.linalg import (LOG2PI, inv_logdet_pd, logdet_pd, pack_outer, packed_index,
+                                 unpack_sym)
 from helpers.ppca.state import FitState
 from helpers.ppca.threads import blas_threads
 
@@ -24,7 +25,7 @@ __all__ = ["ExactEStep", "WeightedEStep"]
 class ExactEStep:
     """One EM iteration, missing fluxes as latent variables (no weights), in two passes.
 
-    Book: {ref}`sec-ppca-em`
+    Book: {ref}`sec-rsca-ppca`
 
     * Pass 1 (likelihood and posteriors), per chunk: one float32 GEMM ``X~ @ [W m]``;
       per group of stars with similar missing counts, one batched product
@@ -192,7 +193,7 @@ class ExactEStep:
 class WeightedEStep:
     """One EM iteration of the weighted (heteroscedastic) model, observed-data EM, one pass.
 
-    Book: {ref}`sec-ppca-em`
+    Book: {ref}`sec-rsca-ppca`
 
     The per-star precision ``sigma2 I + W^T Omega_n W`` and the per-pixel ``(K+1) x (K+1)``
     M-step systems are built with dense products against packed ``K(K+1)/2`` outer products,

@@ -1,6 +1,6 @@
 """Fast E-step for :class:`helpers.ppca.PPCA` (``method="fast"``): no per-star K x K products.
 
-Book: {ref}`sec-ppca-em`
+Book: {ref}`sec-rsca-ppca`
 
 The exact missing-as-latent EM of :mod:`helpers.ppca.exact` needs, for every star ``n``, the
 posterior precision ``M_n = A - G_n`` with the shared ``A = sigma2 I + W^T W`` and the
@@ -167,7 +167,7 @@ def _group_fill(grp, xflat, a, par):
 class FastEStep:
     """One fast EM iteration (missing fluxes latent, no weights).
 
-    Book: {ref}`sec-ppca-em`
+    Book: {ref}`sec-rsca-ppca`
 
     Same contract as :class:`helpers.ppca.exact.ExactEStep`: ``nll, finish = step(W, m,
     sigma2)`` returns the (series-approximated) observed-data negative log-likelihood at the

@@ -1,6 +1,6 @@
 """Where each star's missing pixels are: the layout every PPCA pass works from.
 
-Book: {ref}`sec-ppca-engine`
+Book: {ref}`sec-rsca-ppca`
 
 A chunk of stars is described once, in the scan, by the positions of its missing entries,
 grouped by how many each star has (:class:`MissingChunk`); the E-steps and the start then

@@ -1,6 +1,6 @@
 """Small dense linear algebra of the PPCA engine (float64, batched where it matters).
 
-Book: {ref}`sec-ppca-engine`
+Book: {ref}`sec-rsca-ppca`
 """
 from __future__ import annotations
 

@@ -208,7 +208,7 @@ class PPCA:
     def fit(self, X, mask=None, weights=None):
         """Fit the model by EM.
 
-        Book: {ref}`sec-ppca-em`
+        Book: {ref}`sec-rsca-ppca`
 
         Parameters
         ----------

@@ -1,6 +1,6 @@
 """Where EM starts: a rank-K fit of a subsample whose missing entries the fit imputes itself.
 
-Book: {ref}`sec-ppca-start`
+Book: {ref}`sec-rsca-ppca`
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def initial_parameters(state: FitState, K: int, n_init_rows: int, random_state, 
                        chunk_size: int):
     """Starting ``(W, m, sigma2, info)`` of EM: :func:`start_fit` on a seeded subsample.
 
-    Book: {ref}`sec-ppca-start`
+    Book: {ref}`sec-rsca-ppca`
 
     With the kept centred copy (``state.buf``) every star is used; otherwise a random
     subsample of ``n_init_rows`` stars (seeded by ``random_state``) is copied, centred on

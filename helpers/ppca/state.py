@@ -1,6 +1,6 @@
 """What one PPCA fit holds across its passes over the data, and the scan that builds it.
 
-Book: {ref}`sec-ppca-engine`
+Book: {ref}`sec-rsca-ppca`
 
 :func:`scan` reads the data once (pass 0): it checks every value, counts the observed pixels
 of each star and each pixel column, builds the missing-pixel layout of every chunk and the
@@ -29,7 +29,7 @@ __all__ = ["FitState", "scan"]
 class FitState:
     """The data of one fit and what pass 0 learned about them.
 
-    Book: {ref}`sec-ppca-engine`
+    Book: {ref}`sec-rsca-ppca`
 
     Attributes
     ----------
@@ -103,7 +103,7 @@ class FitState:
     def map_chunks(self, fn):
         """``[fn(a, b, layout, xc) for each chunk]``, chunks spread over a pool of threads.
 
-        Book: {ref}`sec-ppca-engine`
+        Book: {ref}`sec-rsca-ppca`
 
         ``xc`` is ``(b - a, D + 1)`` in the working dtype: rows a:b centred on ``mu0``,
         missing entries and the padding column D set to 0; ``fn`` may write imputed fluxes
@@ -146,7 +146,7 @@ class FitState:
     def load_centered(self, a, b, out, mu0_dt=None):
         """Rows a:b of X minus mu0 into ``out`` (dtype dt); missing entries are left as read.
 
-        Book: {ref}`sec-ppca-engine`
+        Book: {ref}`sec-rsca-ppca`
         """
         mu0_dt = self.mu0_dt if mu0_dt is None else mu0_dt
         src = self.X[a:b]
@@ -160,7 +160,7 @@ class FitState:
     def chunk_centered(self, k):
         """Chunk k centred on mu0 (float32/64), with its observed mask and weights.
 
-        Book: {ref}`sec-ppca-engine`
+        Book: {ref}`sec-rsca-ppca`
         """
         a, b = self.chunks[k]
         xc, obs, om = read_chunk(self.X, self.mask, self.weights, a, b, self.dt, check=False)
@@ -171,7 +171,7 @@ class FitState:
 def scan(X, mask, weights, dt, chunk_size, keep) -> FitState:
     """Pass 0: check the data, count observed pixels, build the missing-pixel layouts.
 
-    Book: {ref}`sec-ppca-engine`
+    Book: {ref}`sec-rsca-ppca`
 
     Parameters
     ----------

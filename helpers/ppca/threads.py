@@ -1,6 +1,6 @@
 """Threads, BLAS threads and reusable chunk buffers of the PPCA engine.
 
-Book: {ref}`sec-ppca-engine`
+Book: {ref}`sec-rsca-ppca`
 
 The engine runs whole chunks of stars in a small pool of Python threads, each with one BLAS
 thread: NumPy releases the GIL in its products, LAPACK calls and element-wise loops, so the

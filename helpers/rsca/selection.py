@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from helpers.apogee import ASPCAPFLAG_BITS, MISSING, RSCA_ELEMENTS, flag_set
+from helpers.apogee.allstar import RSCA_ELEMENTS
+from helpers.apogee.bitmasks import ASPCAPFLAG_BITS, flag_set
+from helpers.apogee.grid import MISSING
 
 __all__ = ["SelectionParams", "Selection", "field_cut_masks", "passes_field_cuts", "cut_table",
            "select_rsca_sample"]

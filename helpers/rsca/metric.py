@@ -47,6 +47,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from helpers.ppca.model import PPCA
+from helpers.rsca.checks import as_2d_finite, check_labels
+
 __all__ = [
     "MAD_TO_SIGMA",
     "pooled_mad_scatter",
@@ -65,49 +68,6 @@ _MODES = {
     "scaled": ("diag", False, True),
     "transformed": ("full", True, True),
 }
-
-
-# --------------------------------------------------------------------------------------------
-# input checks
-# --------------------------------------------------------------------------------------------
-def _as_2d_finite(X, name, K=None):
-    """Float64 view/copy of a finite 2-D array, with errors naming ``name``."""
-    X = np.asarray(X)
-    if X.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D array (n_stars, n_dims), got shape {X.shape}")
-    if not np.issubdtype(X.dtype, np.number) or np.issubdtype(X.dtype, np.complexfloating):
-        raise TypeError(f"{name} must hold real numbers, got dtype {X.dtype}")
-    X = np.asarray(X, dtype=np.float64)
-    if X.shape[0] == 0:
-        raise ValueError(f"{name} is empty (shape {X.shape})")
-    if K is not None and X.shape[1] != K:
-        raise ValueError(f"{name} has {X.shape[1]} columns but {K} were expected "
-                         "(same representation for field and cluster stars)")
-    bad = ~np.isfinite(X)
-    if bad.any():
-        i, j = np.argwhere(bad)[0]
-        raise ValueError(f"{name} has a non-finite value ({X[i, j]}) at row {i}, column {j}; "
-                         f"{int(bad.sum())} non-finite entries in all")
-    return X
-
-
-def _check_labels(labels, n, name="cluster_labels", min_members=2):
-    """Labels as an array of length ``n``; every cluster needs ``min_members`` members.
-
-    Returns ``(labels, names, codes)`` with ``names`` the sorted unique labels and ``codes``
-    the integer index of each star's cluster in ``names``.
-    """
-    labels = np.asarray(labels)
-    if labels.ndim != 1 or labels.shape[0] != n:
-        raise ValueError(f"{name} must be 1-D with one label per cluster star ({n}), "
-                         f"got shape {labels.shape}")
-    names, codes, counts = np.unique(labels, return_inverse=True, return_counts=True)
-    small = names[counts < min_members]
-    if small.size:
-        raise ValueError(f"{name}: cluster(s) {small.tolist()} have fewer than {min_members} "
-                         "members; a within-cluster scatter (and a median pair distance) needs "
-                         "at least two stars per cluster -- drop single-member clusters first")
-    return labels, names, codes.ravel()
 
 
 # --------------------------------------------------------------------------------------------
@@ -293,7 +253,7 @@ class RelevantScaling:
         self
         """
         std, _, _ = self._steps()
-        X = _as_2d_finite(X_pop, "X_pop")
+        X = as_2d_finite(X_pop, "X_pop")
         N, K = X.shape
         if N < 2:
             raise ValueError(f"X_pop needs at least two stars to estimate a covariance, got {N}")
@@ -352,8 +312,8 @@ class RelevantScaling:
         self._check_fitted("sphering_")
         _, rot, resc = self._steps()
         K = self.n_features_in_
-        Xc = _as_2d_finite(X_clust, "X_clust", K)
-        _, names, codes = _check_labels(cluster_labels, Xc.shape[0])
+        Xc = as_2d_finite(X_clust, "X_clust", K)
+        _, names, codes = check_labels(cluster_labels, Xc.shape[0])
         nk = len(names)
         Zs = (Xc - self.mean_) @ self.sphering_.T
         # centre every cluster on its own mean
@@ -436,7 +396,7 @@ class RelevantScaling:
             dimensions are identically 0.
         """
         self._check_fitted()
-        X = _as_2d_finite(X, "X", self.n_features_in_)
+        X = as_2d_finite(X, "X", self.n_features_in_)
         return X @ self.linear_map_.T + self.offset_
 
     def sphere(self, X):
@@ -453,7 +413,7 @@ class RelevantScaling:
         Z : ndarray, shape (N, K)
         """
         self._check_fitted("sphering_")
-        X = _as_2d_finite(X, "X", self.n_features_in_)
+        X = as_2d_finite(X, "X", self.n_features_in_)
         return (X - self.mean_) @ self.sphering_.T
 
     def reparametrize(self, X):
@@ -521,7 +481,6 @@ class RSCA:
         self.ppca_kwargs = ppca_kwargs
 
     def _make_ppca(self):
-        from helpers.ppca import PPCA
         return PPCA(self.n_components, **(self.ppca_kwargs or {}))
 
     def fit(self, flux_pop, flux_clust, cluster_labels, *, mask_pop=None, mask_clust=None,
@@ -557,7 +516,7 @@ class RSCA:
         if fp.shape[1] != fc.shape[1]:
             raise ValueError(f"flux_pop has {fp.shape[1]} pixels but flux_clust has "
                              f"{fc.shape[1]}; they must share one wavelength grid")
-        _check_labels(cluster_labels, fc.shape[0])
+        check_labels(cluster_labels, fc.shape[0])
         if (weights_pop is None) != (weights_clust is None):
             raise ValueError("give both weights_pop and weights_clust, or neither")
         ppca = self._make_ppca()

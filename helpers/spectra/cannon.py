@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
+from helpers.apogee.grid import chip_mask, wavelength_grid
+
 __all__ = [
     "LABEL_NAMES",
     "CannonModel",
@@ -288,8 +290,6 @@ def apogee_model(resolution: float = APOGEE_RESOLUTION) -> InstrumentModel:
 
     Flux is zero outside the three chips, as in aspcapStar files.
     """
-    from helpers.apogee import chip_mask, wavelength_grid
-
     if not np.isfinite(resolution) or resolution <= 0:
         raise ValueError(f"resolution must be a positive number, got {resolution!r}")
     wave = wavelength_grid()

@@ -34,8 +34,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .apogee import DR16_ELEM_SYMBOL, MISSING, RSCA_ELEMENTS
-from .paths import data_dir
+from helpers.apogee.allstar import DR16_ELEM_SYMBOL, RSCA_ELEMENTS
+from helpers.apogee.grid import MISSING
+from helpers.paths import data_dir
 
 __all__ = [
     "ELEMENTS", "ALPHA_LOADING", "FEH_SLOPE", "OFFSET", "PRECISION",

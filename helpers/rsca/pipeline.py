@@ -24,8 +24,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from helpers.masking import PAPER_ISM_WINDOWS, WindowRule, censor, find_windows, residual_curve
-from helpers.selection import Selection, SelectionParams, select_rsca_sample
+from helpers.apogee.cache_loader import load_spectra_cache
+from helpers.apogee.grid import chip_mask, wavelength_grid
+from helpers.apogee.occam import read_occam_members
+from helpers.paths import cache_dir
+from helpers.ppca.model import ENGINE_VERSION
+from helpers.rsca.masking import (PAPER_ISM_WINDOWS, WindowRule, censor, find_windows,
+                                  residual_curve)
+from helpers.rsca.selection import Selection, SelectionParams, select_rsca_sample
+from helpers.survey.generate import generate_survey
+from helpers.survey.load import Survey, load_survey
+from helpers.survey.params import SurveyParams
 
 __all__ = ["MaskParams", "RscaInputs", "rsca_inputs", "ism_residual_curve", "open_source",
            "chapter_source", "PAPER_N_FIELD", "SMOKE_N_FIELD"]
@@ -162,17 +171,12 @@ def open_source(source):
     -------
     allstar, flux, error, members, key : DataFrame, memmap, memmap, DataFrame, str
     """
-    from helpers import synthetic
-
-    if isinstance(source, synthetic.SurveyParams):
-        source = synthetic.load_survey(synthetic.generate_survey(source, progress=False))
-    if isinstance(source, synthetic.Survey):
+    if isinstance(source, SurveyParams):
+        source = load_survey(generate_survey(source, progress=False))
+    if isinstance(source, Survey):
         return (source.allstar, source.spectra.flux, source.spectra.error, source.occam_members,
                 f"survey:{source.params.key()}")
     if isinstance(source, dict) and {"cache", "occam_members"} <= set(source):
-        from helpers.apogee import read_occam_members
-        from helpers.spectra_cache import load_spectra_cache
-
         cache = load_spectra_cache(source["cache"])
         members = read_occam_members(source["occam_members"])
         return cache.catalogue, cache.flux, cache.error, members, f"cache:{cache.manifest['key']}"
@@ -201,14 +205,12 @@ def chapter_source(n_field: int = PAPER_N_FIELD, survey_seed: int = 42, apogee_c
     occam_members_file : path or None
         The OCCAM member catalogue (``occam_member-DR16.fits``).
     **survey_overrides
-        Other :class:`helpers.synthetic.SurveyParams` fields (e.g. ``n_latent=3``).
+        Other :class:`helpers.survey.SurveyParams` fields (e.g. ``n_latent=3``).
 
     Returns
     -------
     SurveyParams or dict
     """
-    from helpers.synthetic import SurveyParams
-
     if apogee_cache is not None or occam_members_file is not None:
         if apogee_cache is None or occam_members_file is None:
             raise ValueError("real data needs both apogee_cache (a spectra cache folder) and "
@@ -298,9 +300,6 @@ def _curve_memo_path(flux, error, ref, test, params, valid, statistic):
     Only for memory-mapped spectra (files identified by path, size and modification time):
     chapter 4 and :func:`rsca_inputs` then compute the same curve once.
     """
-    from helpers.paths import cache_dir
-    from helpers.ppca import ENGINE_VERSION
-
     files = []
     for arr in (flux, error):
         name = getattr(arr, "filename", None)
@@ -319,8 +318,7 @@ def _curve_memo_path(flux, error, ref, test, params, valid, statistic):
 
 
 def _key(source_key: str, selection: SelectionParams, mask: MaskParams) -> str:
-    from helpers.ppca import ENGINE_VERSION      # the interstellar windows come from a PPCA fit
-
+    # the interstellar windows come from a PPCA fit: the engine version is part of the key
     blob = json.dumps({"format": _FORMAT, "ppca_engine": ENGINE_VERSION, "source": source_key,
                        "selection": dataclasses.asdict(selection), "mask": mask.to_dict()},
                       sort_keys=True, default=list)
@@ -386,9 +384,6 @@ def rsca_inputs(source, selection: SelectionParams = SelectionParams(),
     -------
     RscaInputs
     """
-    from helpers.apogee import chip_mask
-    from helpers.paths import cache_dir
-
     allstar, flux, error, members, source_key = open_source(source)
     if flux.shape[0] != len(allstar):
         raise ValueError(f"catalogue has {len(allstar)} rows but the spectra {flux.shape[0]}")
@@ -403,7 +398,7 @@ def rsca_inputs(source, selection: SelectionParams = SelectionParams(),
     if mask.ism_windows == "auto":
         ak = allstar["AK_TARG"].to_numpy(dtype=float)
         curve, _, _ = ism_residual_curve(flux, error, ak, sel.field_rows, mask, valid)
-        windows = find_windows(curve, _wave(), mask.rule, valid=valid)
+        windows = find_windows(curve, wavelength_grid(), mask.rule, valid=valid)
     elif mask.ism_windows == "paper":
         windows = list(PAPER_ISM_WINDOWS)
     else:
@@ -436,8 +431,3 @@ def rsca_inputs(source, selection: SelectionParams = SelectionParams(),
         raise
     return _load(path, allstar)
 
-
-def _wave():
-    from helpers.apogee import wavelength_grid
-
-    return wavelength_grid()

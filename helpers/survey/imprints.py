@@ -2,7 +2,7 @@
 
 Book: chapter 2, 'A survey of our own' (notebooks/02_survey.md).
 
-The survey's generator (:mod:`helpers.synthetic`) knows every star's noise-free stellar
+The survey's generator (:mod:`helpers.survey.generate`) knows every star's noise-free stellar
 spectrum; subtracting it from the observed one leaves only what is *not* the star's
 chemistry: interstellar bands, telluric and sky residuals, the plate pattern,
 persistence and noise.  These functions measure those imprints, so chapter 2 can check
@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import apogee
+from helpers import apogee
+from helpers.constants import C_KMS
+from helpers.survey.lines import sky_lines, telluric_lines
+from helpers.survey.spectrum import synthesize_apogee
 
 __all__ = ["noise_free_spectra", "band_equivalent_width", "velocity_binned_residuals",
            "observed_frame_mask"]
-
-C_KMS = 299_792.458
 
 
 def noise_free_spectra(survey, rows) -> np.ndarray:
@@ -32,7 +33,7 @@ def noise_free_spectra(survey, rows) -> np.ndarray:
 
     Parameters
     ----------
-    survey : helpers.synthetic.Survey
+    survey : helpers.survey.Survey
     rows : array_like of int, shape (n,)
         allStar rows.
 
@@ -41,8 +42,6 @@ def noise_free_spectra(survey, rows) -> np.ndarray:
     ndarray, shape (n, 8575), float32
         Normalised flux, 0 outside the chips.
     """
-    from .synthetic import synthesize_apogee
-
     rows = np.asarray(rows, dtype=np.int64)
     if rows.ndim != 1 or rows.size == 0:
         raise ValueError(f"rows must be a non-empty 1-d array of allStar rows, got shape {rows.shape}")
@@ -166,11 +165,9 @@ def observed_frame_mask(vhelio, half_width: float = 1.2) -> np.ndarray:
     Returns
     -------
     ndarray of bool, shape (n, 8575)
-        True within ``half_width`` of a telluric (:func:`helpers.synthetic.telluric_lines`)
-        or sky (:func:`helpers.synthetic.sky_lines`) line.
+        True within ``half_width`` of a telluric (:func:`helpers.survey.lines.telluric_lines`)
+        or sky (:func:`helpers.survey.lines.sky_lines`) line.
     """
-    from .synthetic import sky_lines, telluric_lines
-
     v = np.atleast_1d(np.asarray(vhelio, float))
     if v.ndim != 1 or not np.all(np.isfinite(v)):
         raise ValueError("vhelio must be a 1-d array of finite velocities (km/s)")

@@ -1,27 +1,44 @@
 """Command line of the book's survey data: ``python -m helpers.survey <command> ...``.
 
+Book: {ref}`sec-survey-real`
+
 Commands
 --------
+generate
+    Write a synthetic survey (allStar, aspcapStar, OCCAM files, spectra cache, JWST twins,
+    truth); every :class:`helpers.survey.params.SurveyParams` field is an option::
+
+        python -m helpers.survey generate --n-field 20000 --seed 42 --out /data/survey
+
 cache
     Build the spectra cache of a selection of stars from a real DR16 or DR17 SAS mirror::
 
         python -m helpers.survey cache --apogee-root /data/sas --release dr16 --out cache/dr16
 
-Further commands (e.g. ``generate`` for the synthetic survey) register themselves with
-:func:`add_command`; run ``python -m helpers.survey --help`` or ``... <command> --help``.
-
-Book: book/real_data.md.
+Further commands register themselves with :func:`add_command`; run
+``python -m helpers.survey --help`` or ``... <command> --help``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-__all__ = ["build_parser", "main", "add_command", "cmd_cache"]
+from helpers.apogee.allstar import read_allstar
+from helpers.apogee.cache_builder import build_spectra_cache
+from helpers.apogee.cache_format import SpectraCacheError
+from helpers.apogee.fits_io import ApogeeFormatError
+from helpers.apogee.sas import allstar_path
+from helpers.rsca.selection import passes_field_cuts
+from helpers.survey.generate import generate_survey
+from helpers.survey.params import SurveyParams, paper_scale_params
+
+__all__ = ["build_parser", "main", "add_command", "cmd_cache", "add_generate_arguments",
+           "run_generate"]
 
 # name -> (configure(subparser), run(args) -> int, one-line help)
 _COMMANDS: dict[str, tuple[Callable, Callable, str]] = {}
@@ -44,7 +61,7 @@ def add_command(name: str, help: str):
     help : str
         One-line description shown by ``--help``.
 
-    Book: book/real_data.md.
+    Book: {ref}`sec-survey-real`
     """
     def deco(configure: Callable[[argparse.ArgumentParser], Callable]):
         _COMMANDS[name] = (configure, None, help)
@@ -106,17 +123,12 @@ def cmd_cache(args: argparse.Namespace) -> int:
     int
         Exit status (0 on success).
 
-    Book: book/real_data.md.
+    Book: {ref}`sec-survey-real`
     """
-    from . import apogee
-    from .spectra_cache import build_spectra_cache
-
-    allstar = args.allstar or apogee.allstar_path(args.apogee_root, args.release)
+    allstar = args.allstar or allstar_path(args.apogee_root, args.release)
     print(f"reading {allstar}", file=sys.stderr)
-    df = apogee.read_allstar(allstar)
+    df = read_allstar(allstar)
     if args.selection == "rsca":
-        from .selection import passes_field_cuts
-
         df = df.loc[passes_field_cuts(df)].reset_index(drop=True)
     if args.limit is not None:
         if args.limit < 1:
@@ -156,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     -------
     argparse.ArgumentParser
 
-    Book: book/real_data.md.
+    Book: {ref}`sec-survey-real`
     """
     parser = argparse.ArgumentParser(
         prog="python -m helpers.survey",
@@ -184,11 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     int
         Exit status.
 
-    Book: book/real_data.md.
+    Book: {ref}`sec-survey-real`
     """
-    from .apogee import ApogeeFormatError
-    from .spectra_cache import SpectraCacheError
-
     args = build_parser().parse_args(argv)
     try:
         return int(args._run(args) or 0)
@@ -199,18 +208,61 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # ---------------------------------------------------------------------------------------
-# generate (the synthetic survey, helpers.synthetic)
+# generate (the synthetic survey)
 # ---------------------------------------------------------------------------------------
 
+def add_generate_arguments(parser) -> None:
+    """Add ``--n-field``, ``--seed``, ``--out`` and one option per SurveyParams field.
+
+    Book: chapter 2, 'A survey of our own' (notebooks/02_survey.md).
+    """
+    parser.add_argument("--out", default=None,
+                        help="output folder (default: <cache>/surveys/<key>)")
+    parser.add_argument("--paper-scale", action="store_true",
+                        help="start from paper_scale_params() (238,400 field stars, 19,000 JWST)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="rebuild even if the survey exists")
+    for f in dataclasses.fields(SurveyParams):
+        opt = "--" + f.name.replace("_", "-")
+        hlp = f"SurveyParams.{f.name} (default {f.default})"
+        if f.type in ("tuple", "tuple | None") or isinstance(f.default, tuple) or \
+                f.name == "jwst_gap":
+            parser.add_argument(opt, type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                                help=hlp)
+        elif isinstance(f.default, bool):
+            parser.add_argument(opt, type=lambda s: s.lower() in ("1", "true", "yes"),
+                                default=None, metavar="BOOL", help=hlp)
+        elif isinstance(f.default, int):
+            parser.add_argument(opt, type=int, default=None, help=hlp)
+        elif isinstance(f.default, float):
+            parser.add_argument(opt, type=float, default=None, help=hlp)
+        else:
+            parser.add_argument(opt, type=str, default=None, help=hlp)
+
+
+def run_generate(args) -> int:
+    """Run the ``generate`` command from parsed arguments; prints the survey folder.
+
+    Book: chapter 2, 'A survey of our own' (notebooks/02_survey.md).
+    """
+    kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(SurveyParams)
+          if getattr(args, f.name, None) is not None}
+    try:
+        params = paper_scale_params(**kw) if args.paper_scale else SurveyParams(**kw)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = generate_survey(params, args.out, progress=not args.no_progress,
+                          overwrite=args.overwrite)
+    print(out)
+    return 0
+
+
 def _configure_generate(p: argparse.ArgumentParser):
-    from .synthetic import add_generate_arguments, run_generate
     add_generate_arguments(p)
     return run_generate
 
 
 add_command("generate", help="write a synthetic survey (allStar, aspcapStar, OCCAM, cache, "
                              "JWST, truth)")(_configure_generate)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """Doppelganger rates and leave-one-cluster-out validation of a chemical-likeness metric.
 
-Book: chapter 5, "Doppelganger rate and leave-one-cluster-out validation" (notebooks/05_rsca.md).
+Book: {ref}`sec-rsca-rates`
 
 De Mijolla & Ness (2022) judge a metric by its **doppelganger rate**.  For a cluster k:
 
@@ -32,11 +32,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from helpers.rsca import RelevantScaling, _as_2d_finite, _check_labels
+from helpers.rsca.checks import as_2d_finite, check_labels
+from helpers.rsca.metric import RelevantScaling
+from helpers.rsca.pairs import FieldIndex, PairFilter
 
 __all__ = [
     "DoppelgangerResult",
-    "PairFilter",
+    "LocoFit",
+    "loco_pair_distances",
     "doppelganger_rate",
     "leave_one_cluster_out_splits",
     "loco_doppelganger_rates",
@@ -53,7 +56,7 @@ _REL_EPS = 64 * np.finfo(np.float64).eps
 class DoppelgangerResult:
     """Per-cluster and global doppelganger rates.
 
-    Book: chapter 5, "Doppelganger rate and leave-one-cluster-out validation" (notebooks/05_rsca.md).
+    Book: {ref}`sec-rsca-rates`
 
     Attributes
     ----------
@@ -88,14 +91,14 @@ class DoppelgangerResult:
     def rates(self):
         """Per-cluster rates as a ``pandas.Series`` indexed by cluster.
 
-        Book: chapter 5, "Doppelganger rate and leave-one-cluster-out validation" (notebooks/05_rsca.md).
+        Book: {ref}`sec-rsca-rates`
         """
         return self.table.set_index("cluster")["rate"]
 
     def to_dict(self):
         """JSON-friendly summary (per-cluster rows as a list of dicts).
 
-        Book: chapter 5, "Doppelganger rate and leave-one-cluster-out validation" (notebooks/05_rsca.md).
+        Book: {ref}`sec-rsca-rates`
 
         Returns
         -------
@@ -114,77 +117,6 @@ class DoppelgangerResult:
             "clusters": rows,
             "notes": list(self.notes),
         }
-
-
-# --------------------------------------------------------------------------------------------
-# pair filter
-# --------------------------------------------------------------------------------------------
-@dataclass
-class PairFilter:
-    """Which (member, field star) pairs count: ``|dVHELIO| < dv_max`` and ``|dAK| < dak_max``.
-
-    Book: chapter 5, "Doppelganger rate and leave-one-cluster-out validation" (notebooks/05_rsca.md).
-
-    Any of the four arrays may be None together with its partner (that criterion is then
-    not applied).  Arrays are 1-D: ``*_pop`` of length N_field, ``*_clust`` of length
-    n_members.
-    """
-
-    vhelio_pop: np.ndarray | None = None
-    ak_pop: np.ndarray | None = None
-    vhelio_clust: np.ndarray | None = None
-    ak_clust: np.ndarray | None = None
-    dv_max: float = 5.0
-    dak_max: float = 0.05
-
-    def checked(self, n_pop, n_clust):
-        """Validate shapes and values; return a copy with float64 arrays.
-
-        Book: chapter 5, "Doppelganger rate and leave-one-cluster-out validation" (notebooks/05_rsca.md).
-
-        Parameters
-        ----------
-        n_pop, n_clust : int
-            Number of field stars and of cluster members.
-
-        Returns
-        -------
-        PairFilter
-        """
-        out = {}
-        for base in ("vhelio", "ak"):
-            pop, clu = getattr(self, f"{base}_pop"), getattr(self, f"{base}_clust")
-            if (pop is None) != (clu is None):
-                raise ValueError(f"{base}_pop and {base}_clust must be given together "
-                                 f"(got {base}_pop={'None' if pop is None else 'array'}, "
-                                 f"{base}_clust={'None' if clu is None else 'array'})")
-            for nm, arr, n in ((f"{base}_pop", pop, n_pop), (f"{base}_clust", clu, n_clust)):
-                if arr is None:
-                    out[nm] = None
-                    continue
-                a = np.asarray(arr, dtype=np.float64)
-                if a.ndim != 1 or a.shape[0] != n:
-                    raise ValueError(f"pair filter {nm} must be 1-D with {n} entries (one per "
-                                     f"{'field star' if nm.endswith('pop') else 'cluster member'}"
-                                     f"), got shape {a.shape}")
-                if not np.all(np.isfinite(a)):
-                    i = int(np.flatnonzero(~np.isfinite(a))[0])
-                    raise ValueError(f"pair filter {nm} has a non-finite value ({a[i]}) at "
-                                     f"index {i}; remove such stars or replace the sentinel")
-                out[nm] = a
-        for nm in ("dv_max", "dak_max"):
-            v = getattr(self, nm)
-            if not (np.isscalar(v) and np.isfinite(v) and v > 0):
-                raise ValueError(f"{nm} must be a finite number > 0, got {v!r}")
-        return PairFilter(dv_max=float(self.dv_max), dak_max=float(self.dak_max), **out)
-
-    @property
-    def uses_velocity(self):
-        """True if the velocity criterion is applied.
-
-        Book: chapter 5, "Doppelganger rate and leave-one-cluster-out validation" (notebooks/05_rsca.md).
-        """
-        return self.vhelio_pop is not None
 
 
 # --------------------------------------------------------------------------------------------
@@ -243,38 +175,6 @@ def _count_below(Zm, Zf, thr, allowed=None, block=8192):
     return n_pairs, n_below
 
 
-class _FieldIndex:
-    """Field stars sorted by velocity, to find each cluster's candidate window quickly."""
-
-    def __init__(self, flt, n_pop):
-        self.flt = flt
-        if flt.uses_velocity:
-            self.order = np.argsort(flt.vhelio_pop, kind="stable")
-            self.v_sorted = flt.vhelio_pop[self.order]
-        else:
-            self.order = None
-
-    def candidates(self, member_idx):
-        """(field row indices, allowed (n, W) bool or None) for a set of members."""
-        flt = self.flt
-        if self.order is None:
-            rows = None
-        else:
-            v = flt.vhelio_clust[member_idx]
-            lo = np.searchsorted(self.v_sorted, v.min() - flt.dv_max, side="left")
-            hi = np.searchsorted(self.v_sorted, v.max() + flt.dv_max, side="right")
-            rows = np.sort(self.order[lo:hi])
-        allowed = None
-        if flt.uses_velocity:
-            allowed = np.abs(flt.vhelio_clust[member_idx][:, None]
-                             - flt.vhelio_pop[rows][None, :]) < flt.dv_max
-        if flt.ak_pop is not None:
-            akp = flt.ak_pop if rows is None else flt.ak_pop[rows]
-            a2 = np.abs(flt.ak_clust[member_idx][:, None] - akp[None, :]) < flt.dak_max
-            allowed = a2 if allowed is None else (allowed & a2)
-        return rows, allowed
-
-
 def _cluster_row(name, Zm, Zf_cand, allowed):
     thr = _median_pair_distance(Zm)
     n_pairs, n_below = _count_below(Zm, Zf_cand, thr, allowed)
@@ -297,7 +197,7 @@ def _global(table):
 def weighted_bootstrap(rates, weights, n_boot=1000, random_state=0):
     """Bootstrap over clusters of the weighted mean rate.
 
-    Book: chapter 5, "Doppelganger rate and leave-one-cluster-out validation" (notebooks/05_rsca.md).
+    Book: {ref}`sec-rsca-rates`
 
     Parameters
     ----------
@@ -342,7 +242,7 @@ def doppelganger_rate(Z_clust, cluster_labels, Z_pop, *, vhelio_pop=None, ak_pop
                       n_boot=0, random_state=0):
     """Doppelganger rate of every cluster in a fixed representation / metric.
 
-    Book: chapter 5, "Doppelganger rate and leave-one-cluster-out validation" (notebooks/05_rsca.md).
+    Book: {ref}`sec-rsca-rates`
 
     Parameters
     ----------
@@ -367,12 +267,12 @@ def doppelganger_rate(Z_clust, cluster_labels, Z_pop, *, vhelio_pop=None, ak_pop
     -------
     DoppelgangerResult
     """
-    Zc = _as_2d_finite(Z_clust, "Z_clust")
-    Zp = _as_2d_finite(Z_pop, "Z_pop", Zc.shape[1])
-    _, names, codes = _check_labels(cluster_labels, Zc.shape[0])
+    Zc = as_2d_finite(Z_clust, "Z_clust")
+    Zp = as_2d_finite(Z_pop, "Z_pop", Zc.shape[1])
+    _, names, codes = check_labels(cluster_labels, Zc.shape[0])
     flt = PairFilter(vhelio_pop, ak_pop, vhelio_clust, ak_clust, dv_max, dak_max).checked(
         Zp.shape[0], Zc.shape[0])
-    index = _FieldIndex(flt, Zp.shape[0])
+    index = FieldIndex(flt)
     rows = []
     for k, name in enumerate(names):
         members = np.flatnonzero(codes == k)
@@ -391,7 +291,7 @@ def doppelganger_rate(Z_clust, cluster_labels, Z_pop, *, vhelio_pop=None, ak_pop
 def leave_one_cluster_out_splits(cluster_labels):
     """Yield ``(name, train_mask, test_mask)`` for each cluster (sorted labels).
 
-    Book: chapter 5, "Doppelganger rate and leave-one-cluster-out validation" (notebooks/05_rsca.md).
+    Book: {ref}`sec-rsca-rates`
 
     Parameters
     ----------
@@ -410,18 +310,46 @@ def leave_one_cluster_out_splits(cluster_labels):
         yield name, ~test, test
 
 
-def _default_fit_fn(mode="transformed", top_n=None, robust=True):
-    """A ``fit_fn`` for RelevantScaling that fits the (cluster-free) sphering only once."""
-    cache = {}
+class LocoFit:
+    """The fit function of leave-one-cluster-out: step 2 fitted once, steps 3-4 per fold.
 
-    def fit_fn(X_pop, X_train, labels_train):
-        key = id(X_pop)
-        if key not in cache:
-            cache.clear()
-            cache[key] = RelevantScaling(mode, top_n=top_n, robust=robust).fit_population(X_pop)
-        return copy.deepcopy(cache[key]).fit_clusters(X_train, labels_train)
+    Book: {ref}`sec-rsca-rates`
 
-    return fit_fn
+    ``LocoFit(...)(X_pop, X_train, labels_train)`` returns a fitted
+    :class:`helpers.rsca.metric.RelevantScaling`.  Its field statistics (mean, covariance:
+    step 2) involve no cluster star, so they are fitted once and reused for every fold; only
+    the reparametrisation and rescaling (steps 3-4) are refitted on the training clusters.
+    The field statistics come from ``reference`` when given (e.g. a random field sample,
+    when the ``X_pop`` passed by :func:`loco_doppelganger_rates` is only the pair
+    candidates), otherwise from the ``X_pop`` of the first call (refitted if a different
+    array comes).
+
+    Parameters
+    ----------
+    reference : array_like, shape (n_ref, K), optional
+        Field sample the sphering is fitted on.
+    mode : str, default "transformed"
+        :class:`helpers.rsca.metric.RelevantScaling` mode.
+    top_n : int, optional
+        Keep only the ``top_n`` best dimensions.
+    robust : bool, default True
+        MAD (True) or standard deviation for the within-cluster scatter.
+    """
+
+    def __init__(self, reference=None, mode="transformed", *, top_n=None, robust=True):
+        self.mode, self.top_n, self.robust = mode, top_n, robust
+        self._fitted = None        # (array it was fitted on, or None for the reference; model)
+        if reference is not None:
+            self._fitted = (None, self._sphering(reference))
+
+    def _sphering(self, X):
+        return RelevantScaling(self.mode, top_n=self.top_n, robust=self.robust).fit_population(X)
+
+    def __call__(self, X_pop, X_train, labels_train):
+        """Steps 3-4 fitted on the training clusters, on top of the (cached) step 2."""
+        if self._fitted is None or (self._fitted[0] is not None and self._fitted[0] is not X_pop):
+            self._fitted = (X_pop, self._sphering(X_pop))
+        return copy.deepcopy(self._fitted[1]).fit_clusters(X_train, labels_train)
 
 
 def loco_doppelganger_rates(X_pop, X_clust, cluster_labels, *, vhelio_pop=None, ak_pop=None,
@@ -430,7 +358,7 @@ def loco_doppelganger_rates(X_pop, X_clust, cluster_labels, *, vhelio_pop=None, 
                             random_state=0):
     """Leave-one-cluster-out doppelganger rates of a learned metric.
 
-    Book: chapter 5, "Doppelganger rate and leave-one-cluster-out validation" (notebooks/05_rsca.md).
+    Book: {ref}`sec-rsca-rates`
 
     For each cluster k: fit the metric on the field and on the members of all *other*
     clusters, transform cluster k and the field, and compute cluster k's rate as in
@@ -448,8 +376,8 @@ def loco_doppelganger_rates(X_pop, X_clust, cluster_labels, *, vhelio_pop=None, 
         Pair filter, as in :func:`doppelganger_rate`.
     fit_fn : callable, optional
         ``fit_fn(X_pop, X_train, labels_train) -> model`` with ``model.transform(X)``.
-        Default: :class:`helpers.rsca.RelevantScaling` ("transformed"), whose field sphering
-        is fitted once and reused (it involves no cluster star).
+        Default: :class:`LocoFit` (full RSCA, "transformed"), whose field sphering is fitted
+        once and reused (it involves no cluster star).
     make_model : callable, optional
         Alternative to ``fit_fn``: ``make_model()`` returns an unfitted object with
         ``fit(X_pop, X_train, labels_train)`` and ``transform``.
@@ -468,9 +396,9 @@ def loco_doppelganger_rates(X_pop, X_clust, cluster_labels, *, vhelio_pop=None, 
     """
     if fit_fn is not None and make_model is not None:
         raise ValueError("give fit_fn or make_model, not both")
-    Xp = _as_2d_finite(X_pop, "X_pop")
-    Xc = _as_2d_finite(X_clust, "X_clust", Xp.shape[1])
-    labels, names, codes = _check_labels(cluster_labels, Xc.shape[0])
+    Xp = as_2d_finite(X_pop, "X_pop")
+    Xc = as_2d_finite(X_clust, "X_clust", Xp.shape[1])
+    labels, names, codes = check_labels(cluster_labels, Xc.shape[0])
     if len(names) < 3 and not leak:
         raise ValueError(f"cluster_labels: leave-one-cluster-out needs at least 3 clusters "
                          f"(2 left to fit on), got {len(names)}")
@@ -480,8 +408,8 @@ def loco_doppelganger_rates(X_pop, X_clust, cluster_labels, *, vhelio_pop=None, 
         def fit_fn(X_pop, X_train, labels_train):  # noqa: F811 - chosen alternative
             return make_model().fit(X_pop, X_train, labels_train)
     elif fit_fn is None:
-        fit_fn = _default_fit_fn()
-    index = _FieldIndex(flt, Xp.shape[0])
+        fit_fn = LocoFit()
+    index = FieldIndex(flt)
     leaky_model = fit_fn(Xp, Xc, labels) if leak else None
     rows = []
     for k, name in enumerate(names):
@@ -501,3 +429,51 @@ def loco_doppelganger_rates(X_pop, X_clust, cluster_labels, *, vhelio_pop=None, 
     g, notes = _global(table)
     res = DoppelgangerResult(table=table, global_rate=g, leak=bool(leak), notes=notes)
     return _attach_bootstrap(res, n_boot, random_state)
+
+
+def loco_pair_distances(fit_fn, X_pop, X_clust, cluster_labels, vhelio_pop, ak_pop,
+                        vhelio_clust, ak_clust, dv_max=5.0, dak_max=0.05):
+    """The distances behind each cluster's leave-one-cluster-out doppelganger rate.
+
+    Book: chapter 5, "Cluster by cluster" (notebooks/05_rsca.md).
+
+    Parameters
+    ----------
+    fit_fn : callable
+        ``fit_fn(X_pop, X_train, labels_train) -> model`` (e.g. :class:`LocoFit`).
+    X_pop : ndarray, shape (N_field, K)
+        Field stars compared with (e.g. the pair candidates).
+    X_clust : ndarray, shape (n_members, K)
+    cluster_labels : array_like, shape (n_members,)
+    vhelio_pop, ak_pop, vhelio_clust, ak_clust : array_like
+        Pair filter (km/s, mag).
+    dv_max, dak_max : float
+
+    Returns
+    -------
+    list of dict
+        Per cluster (sorted by label): ``cluster``, ``threshold`` (median member-pair
+        distance), ``member_distances`` (all member pairs), ``member`` and ``field`` (indices
+        into ``X_clust`` and ``X_pop`` of every allowed pair) and ``distance`` (their
+        distances).  The rate is ``mean(distance < threshold)``.
+    """
+    labels, names, codes = check_labels(cluster_labels, len(X_clust))
+    flt = PairFilter(vhelio_pop, ak_pop, vhelio_clust, ak_clust, dv_max, dak_max).checked(
+        len(X_pop), len(X_clust))
+    out = []
+    for k, name in enumerate(names):
+        test = codes == k
+        model = fit_fn(X_pop, X_clust[~test], labels[~test])
+        members = np.flatnonzero(test)
+        mi, fi = np.nonzero(flt.allowed(members))
+        Zm = model.transform(X_clust[members])
+        used = np.unique(fi)
+        Zf = np.zeros((X_pop.shape[0], Zm.shape[1]))
+        if used.size:
+            Zf[used] = model.transform(X_pop[used])
+        d = np.sqrt(((Zm[mi] - Zf[fi]) ** 2).sum(axis=1))
+        i, j = np.triu_indices(members.size, k=1)
+        dm = np.sqrt(((Zm[i] - Zm[j]) ** 2).sum(axis=1))
+        out.append({"cluster": name, "threshold": float(np.median(dm)), "member_distances": dm,
+                    "member": members[mi], "field": fi, "distance": d})
+    return out

@@ -1,13 +1,15 @@
-"""Tests of helpers.likeness (chapter 5's glue around PPCA, RSCA and doppelganger rates)."""
+"""Tests of the RSCA evaluation layer: pair filter, LOCO fit function, representations, abundances,
+the same-plate check (chapter 5)."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from helpers.doppelganger import loco_doppelganger_rates
-from helpers.likeness import (ReferenceFit, abundance_matrix, inverse_variance, loco_pair_distances,
-                              pair_candidates, parse_visits, ppca_coordinates, read_rows,
-                              shared_visits, true_abundance_matrix)
+from helpers.rsca.abundances import abundance_matrix, true_abundance_matrix
+from helpers.rsca.doppelganger import LocoFit, loco_doppelganger_rates, loco_pair_distances
+from helpers.rsca.pairs import pair_candidates
+from helpers.rsca.plates import parse_visits, shared_visits
+from helpers.rsca.representation import inverse_variance, ppca_coordinates, read_rows
 from helpers.ppca import PPCA
 
 
@@ -34,7 +36,7 @@ def test_candidates_and_reference_fit_reproduce_full_loco():
     full = loco_doppelganger_rates(Xf, Xc, labels, vhelio_pop=vf, ak_pop=af, vhelio_clust=vc,
                                    ak_clust=ac, n_boot=0)
     cand = pair_candidates(vf, af, vc, ac)
-    fit = ReferenceFit(Xf)
+    fit = LocoFit(Xf)
     part = loco_doppelganger_rates(Xf[cand], Xc, labels, vhelio_pop=vf[cand], ak_pop=af[cand],
                                    vhelio_clust=vc, ak_clust=ac, fit_fn=fit, n_boot=0)
     np.testing.assert_allclose(part.table["rate"], full.table["rate"], atol=1e-12)

@@ -22,6 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import median_filter
 
+from helpers.apogee.grid import N_PIXELS, chip_mask
+from helpers.ppca.model import PPCA
+
 __all__ = [
     "censor",
     "censored_fractions",
@@ -66,8 +69,6 @@ def censor(flux, error, max_error: float = 0.05, valid=None) -> np.ndarray:
     if not (np.isfinite(max_error) and max_error > 0):
         raise ValueError(f"max_error must be a positive number, got {max_error!r}")
     if valid is None:
-        from helpers.apogee import N_PIXELS, chip_mask
-
         if flux.shape[1] != N_PIXELS:
             raise ValueError(f"pass `valid` for a grid of {flux.shape[1]} pixels (not APOGEE's)")
         valid = chip_mask()
@@ -128,8 +129,6 @@ def residual_curve(flux_ref, observed_ref, flux_test, observed_test, n_component
     ndarray, shape (n_pixels,)
         NaN at pixels no test star observes.
     """
-    from helpers.ppca import PPCA
-
     if statistic not in ("abs", "absorption"):
         raise ValueError(f"statistic must be 'abs' or 'absorption', got {statistic!r}")
     flux_ref, flux_test = np.asarray(flux_ref), np.asarray(flux_test)

@@ -9,9 +9,6 @@ import numpy as np
 
 __all__ = ["equivalent_width", "pixels_per_resolution_element", "add_noise"]
 
-_C_KMS = 299_792.458
-
-
 def equivalent_width(wavelength, flux, window) -> np.ndarray:
     """Equivalent width of the absorption in ``window``: the integral of (1 - flux) dlambda.
 

@@ -1,0 +1,333 @@
+"""The PPCA representation of stars: coordinates of their spectra on a fitted PPCA basis.
+
+Book: {ref}`sec-rsca-ppca`
+
+Step 1 of RSCA describes each masked spectrum by its K PPCA coordinates: the posterior mean
+of the latent vector given the star's observed pixels.  :func:`ppca_coordinates` computes
+them for any rows of the memory-mapped inputs; :func:`ppca_representation` fits the basis once
+on field spectra, projects every field and cluster star, and caches the result on disk
+(:class:`Representation`, truncated to fewer components by :meth:`Representation.truncated`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from helpers.paths import cache_dir
+from helpers.ppca.model import ENGINE_VERSION, PPCA
+
+__all__ = ["Representation", "PixelColumns", "ppca_representation", "principal_angles", "read_rows",
+           "inverse_variance", "ppca_coordinates"]
+
+
+_FORMAT = "dimensionality-ppca-v1"
+
+
+@dataclass
+class Representation:
+    """PPCA coefficients of the field and cluster spectra, with the basis they came from.
+
+    Book: chapter 6, "One fit for every K" (notebooks/06_dimensionality.md).
+
+    Attributes
+    ----------
+    field : ndarray, shape (n_field, K)
+        Posterior-mean coefficients of the field stars (unit prior variance per axis).
+    cluster : ndarray, shape (n_members, K)
+        The same for the cluster members.
+    components : ndarray, shape (K, n_used)
+        Orthonormal principal axes, by decreasing variance, over the ``n_used`` pixels of
+        ``inputs.pixel_mask`` (the chips minus the interstellar windows).
+    explained_variance : ndarray, shape (K,)
+        Model variance along each axis (flux units squared).
+    noise_variance : float
+        PPCA noise variance (flux units squared).
+    info : dict
+        ``K``, ``n_fit`` (stars the basis was fitted on), ``n_iter``, ``fit_seconds``,
+        ``transform_seconds``, ``from_cache``, ``nested_from`` (K of the parent fit, if
+        truncated).
+    """
+
+    field: np.ndarray
+    cluster: np.ndarray
+    components: np.ndarray
+    explained_variance: np.ndarray
+    noise_variance: float
+    info: dict = field(default_factory=dict)
+
+    @property
+    def K(self) -> int:
+        """Number of components."""
+        return int(self.field.shape[1])
+
+    def truncated(self, K: int) -> "Representation":
+        """The nested approximation of a K-component representation: the first K axes.
+
+        Book: chapter 6, "One fit for every K" (notebooks/06_dimensionality.md).
+
+        The coefficients of the first K principal axes of a K_max fit are kept. For a star
+        with every pixel observed they equal the K-component model's coefficients up to a
+        per-axis factor (the canonical axes are orthogonal, so the posterior precision is
+        diagonal), and a per-axis factor is removed by RSCA's sphering: the metric is then
+        exactly the one of the truncated model. With missing pixels the axes couple through
+        the unobserved pixels and the result is an approximation; and the ML subspace of a
+        dedicated K fit only approaches the top-K subspace of the K_max fit when both have
+        converged. The chapter measures both effects.
+
+        Parameters
+        ----------
+        K : int
+            1 <= K <= self.K.
+
+        Returns
+        -------
+        Representation
+        """
+        if int(K) != K or not 1 <= K <= self.K:
+            raise ValueError(f"K must be an integer between 1 and {self.K}, got {K!r}")
+        K = int(K)
+        info = dict(self.info, K=K, nested_from=self.K)
+        return Representation(self.field[:, :K], self.cluster[:, :K], self.components[:K],
+                              self.explained_variance[:K], self.noise_variance, info)
+
+
+class PixelColumns:
+    """Rows of a (memory-mapped) matrix restricted to some columns, read lazily.
+
+    Book: {ref}`sec-nested-k`
+
+    PPCA reads its data by row blocks (``X[a:b]``) or row lists (``X[rows]``); this gives it
+    only the pixels any star may use, without copying the whole matrix.
+    """
+
+    def __init__(self, array, columns):
+        self.array = array
+        self.columns = np.flatnonzero(columns) if np.asarray(columns).dtype == bool else np.asarray(columns)
+        self.shape = (array.shape[0], self.columns.size)
+        self.dtype = array.dtype
+        self.ndim = 2
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __getitem__(self, rows):
+        return np.asarray(self.array[rows])[:, self.columns]
+
+
+def _cache_key(inputs, n_components, n_fit, seed, tol, max_iter) -> str:
+    blob = json.dumps({"format": _FORMAT, "engine": ENGINE_VERSION,
+                       "inputs": str(getattr(inputs, "path", "")),
+                       "inputs_key": getattr(inputs, "path", None) and inputs.path.name,
+                       "K": int(n_components), "n_fit": n_fit, "seed": int(seed),
+                       "tol": float(tol), "max_iter": int(max_iter)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def ppca_representation(inputs, n_components: int, *, n_fit: int | None = None, seed: int = 0,
+                        tol: float = 1e-5, max_iter: int = 100, cache: bool = True,
+                        chunk_size: int = 2048) -> Representation:
+    """Fit PPCA to field spectra once and return the coefficients of field and cluster stars.
+
+    Book: chapter 6, "One fit for every K" (notebooks/06_dimensionality.md).
+
+    The basis is fitted on ``n_fit`` field stars drawn at random (seeded), or on all of
+    them, and every field and cluster star is then projected with the posterior mean over
+    its observed pixels (:meth:`helpers.ppca.PPCA.transform`). The result is cached in
+    ``.cache/dimensionality/<key>.npz``, keyed by the inputs' cache folder and every
+    argument, so a second call (or a second execution of the chapter) only reads it.
+
+    Parameters
+    ----------
+    inputs : helpers.rsca.pipeline.RscaInputs
+        Selected, censored and masked spectra (:func:`helpers.rsca.pipeline.rsca_inputs`).
+    n_components : int
+        K.
+    n_fit : int, optional
+        Field stars the basis is fitted on (default: all).
+    seed : int
+        Seed of the subsample and of PPCA's start.
+    tol, max_iter :
+        PPCA stopping rule (relative objective change; iterations).
+    cache : bool
+        Read and write the on-disk cache.
+    chunk_size : int
+        Stars per chunk in PPCA.
+
+    Returns
+    -------
+    Representation
+    """
+    if int(n_components) != n_components or n_components < 1:
+        raise ValueError(f"n_components must be a positive integer, got {n_components!r}")
+    n_all = inputs.field_flux.shape[0]
+    if n_fit is not None and (int(n_fit) != n_fit or n_fit < 2 * n_components):
+        raise ValueError(f"n_fit must be None or an integer >= 2 * n_components, got {n_fit!r}")
+    n_fit = None if n_fit is None or n_fit >= n_all else int(n_fit)
+    path = cache_dir("dimensionality") / f"{_cache_key(inputs, n_components, n_fit, seed, tol, max_iter)}.npz"
+    if cache and path.exists():
+        with np.load(path, allow_pickle=False) as z:
+            info = json.loads(str(z["info"]))
+            info["from_cache"] = True
+            return Representation(z["field"], z["cluster"], z["components"],
+                                  z["explained_variance"], float(z["noise_variance"]), info)
+    t0 = time.perf_counter()
+    pixels = np.asarray(inputs.pixel_mask, bool)   # the chips minus the interstellar windows
+    X = PixelColumns(inputs.field_flux, pixels)
+    M = PixelColumns(inputs.field_observed, pixels)
+    if n_fit is not None:
+        rows = np.sort(np.random.default_rng(seed).choice(n_all, n_fit, replace=False))
+        X, M = X[rows], M[rows]
+    model = PPCA(int(n_components), tol=tol, max_iter=max_iter, random_state=seed,
+                 chunk_size=chunk_size).fit(X, mask=M)
+    del X, M
+    t1 = time.perf_counter()
+    z_field = model.transform(PixelColumns(inputs.field_flux, pixels),
+                              mask=PixelColumns(inputs.field_observed, pixels))
+    z_clust = model.transform(PixelColumns(inputs.cluster_flux, pixels),
+                              mask=PixelColumns(inputs.cluster_observed, pixels))
+    t2 = time.perf_counter()
+    info = {"K": int(n_components), "n_fit": int(n_fit or n_all), "n_iter": int(model.n_iter_),
+            "converged": bool(model.converged_), "fit_seconds": round(t1 - t0, 2),
+            "transform_seconds": round(t2 - t1, 2), "from_cache": False, "nested_from": None}
+    rep = Representation(z_field, z_clust, model.components_.astype(np.float32),
+                         np.asarray(model.explained_variance_, float), float(model.noise_variance_),
+                         info)
+    if cache:
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, field=rep.field, cluster=rep.cluster, components=rep.components,
+                 explained_variance=rep.explained_variance, noise_variance=rep.noise_variance,
+                 info=json.dumps(info))
+        os.replace(tmp, path)
+    return rep
+
+
+def principal_angles(A, B) -> np.ndarray:
+    """Principal angles (degrees) between the row spaces of two bases.
+
+    Book: chapter 6, "One fit for every K" (notebooks/06_dimensionality.md).
+
+    Parameters
+    ----------
+    A : array_like, shape (Ka, D)
+    B : array_like, shape (Kb, D)
+        Rows need not be orthonormal (they are orthonormalised here).
+
+    Returns
+    -------
+    ndarray, shape (min(Ka, Kb),)
+        Angles in degrees, increasing.
+    """
+    A = np.asarray(A, float)
+    B = np.asarray(B, float)
+    if A.ndim != 2 or B.ndim != 2 or A.shape[1] != B.shape[1]:
+        raise ValueError(f"A and B must be 2-D with the same number of columns, got {A.shape}, {B.shape}")
+    qa, _ = np.linalg.qr(A.T)
+    qb, _ = np.linalg.qr(B.T)
+    s = np.linalg.svd(qa.T @ qb, compute_uv=False)
+    return np.sort(np.degrees(np.arccos(np.clip(s, -1.0, 1.0))))
+
+
+def read_rows(array, rows, columns=None, dtype=np.float32, chunk_size=4096):
+    """Copy some rows (and columns) of a memory-mapped matrix into memory, chunk by chunk.
+
+    Book: chapter 5, "Step 1: PPCA with missing pixels" (notebooks/05_rsca.md).
+
+    Parameters
+    ----------
+    array : array_like, shape (N, D)
+    rows : array_like of int, shape (n,)
+    columns : array_like of int, optional
+        Columns kept (default all).
+    dtype : numpy dtype
+    chunk_size : int
+
+    Returns
+    -------
+    out : ndarray, shape (n, len(columns))
+    """
+    rows = np.asarray(rows)
+    cols = np.arange(array.shape[1]) if columns is None else np.asarray(columns)
+    out = np.empty((rows.size, cols.size), dtype=dtype)
+    for a in range(0, rows.size, chunk_size):
+        out[a:a + chunk_size] = np.asarray(array[rows[a:a + chunk_size]])[:, cols]
+    return out
+
+
+def inverse_variance(error, observed):
+    """Per-pixel weights ``1 / error^2`` where observed, 0 elsewhere.
+
+    Book: chapter 5, "Beyond the paper: flux errors in PPCA" (notebooks/05_rsca.md).
+
+    Parameters
+    ----------
+    error : ndarray, shape (n, D)
+        Flux errors (same units as the flux).
+    observed : ndarray of bool, shape (n, D)
+
+    Returns
+    -------
+    weights : ndarray of float32, shape (n, D)
+    """
+    error = np.asarray(error, dtype=np.float64)
+    observed = np.asarray(observed, dtype=bool)
+    if error.shape != observed.shape:
+        raise ValueError(f"error {error.shape} and observed {observed.shape} must have one shape")
+    ok = observed & np.isfinite(error) & (error > 0)
+    w = np.zeros(error.shape, dtype=np.float32)
+    w[ok] = 1.0 / error[ok] ** 2
+    return w
+
+
+def ppca_coordinates(ppca, flux, observed, rows=None, columns=None, *, error=None,
+                     error_rows=None, chunk_size=4096):
+    """PPCA coordinates of stars in flux units, read chunk by chunk from memory maps.
+
+    Book: chapter 5, "Step 1: PPCA with missing pixels" (notebooks/05_rsca.md).
+
+    The posterior mean ``E[z | observed pixels]`` of :meth:`helpers.ppca.PPCA.transform`
+    has unit prior variance in every direction; multiplied by the amplitude
+    ``sqrt(explained_variance_ - noise_variance_)`` of each component it becomes the
+    coordinate of the de-noised spectrum ``W z`` on the orthonormal principal axes, so that
+    Euclidean distances between coordinates are distances between PPCA reconstructions
+    (flux units).  The RSCA metric itself does not care (sphering removes any per-axis
+    scale); the "raw" and "scaled" variants of the paper's Fig. 4 do.
+
+    Parameters
+    ----------
+    ppca : helpers.ppca.PPCA
+        Fitted on the pixels ``columns``.
+    flux, observed : array_like, shape (N, 8575)
+        Flux and observed-pixel mask (e.g. ``RscaInputs.field_flux`` / ``field_observed``).
+    rows : array_like of int, optional
+        Rows to transform (default all).
+    columns : array_like of int, optional
+        Pixel columns the model was fitted on (default all).
+    error : array_like, shape (N_all, 8575), optional
+        Flux errors; when given, the weighted posterior (inverse-variance weights) is used.
+    error_rows : array_like of int, optional
+        Rows of ``error`` matching ``rows`` (required with ``error``).
+    chunk_size : int
+
+    Returns
+    -------
+    X : ndarray, shape (n_rows, K)
+    """
+    rows = np.arange(flux.shape[0]) if rows is None else np.asarray(rows)
+    if error is not None and (error_rows is None or len(error_rows) != rows.size):
+        raise ValueError("error_rows must give one row of `error` per transformed star")
+    amp = np.sqrt(np.maximum(ppca.explained_variance_ - ppca.noise_variance_, 0.0))
+    out = np.empty((rows.size, amp.size))
+    for a in range(0, rows.size, chunk_size):
+        r = rows[a:a + chunk_size]
+        f = read_rows(flux, r, columns)
+        o = read_rows(observed, r, columns, dtype=bool)
+        w = None
+        if error is not None:
+            w = inverse_variance(read_rows(error, np.asarray(error_rows)[a:a + chunk_size], columns), o)
+        out[a:a + r.size] = ppca.transform(f, mask=o, weights=w) * amp
+    return out

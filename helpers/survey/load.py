@@ -1,0 +1,173 @@
+"""Opening a generated survey lazily (:class:`Survey`, :func:`load_survey`).
+
+Book: {ref}`ch-survey`
+"""
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from helpers import apogee
+from helpers.apogee.cache_loader import load_spectra_cache
+from helpers.survey.generate import OCCAM_DIR, SURVEY_MANIFEST, is_complete_survey, survey_dir
+from helpers.survey.lines import sky_lines, telluric_lines, true_dib_windows
+from helpers.survey.params import SurveyParams
+
+__all__ = ["Survey", "load_survey"]
+
+
+@dataclass
+class Survey:
+    """A generated synthetic survey, opened lazily.
+
+    Book: chapter 2, 'A survey of our own' (notebooks/02_survey.md).
+
+    Attributes
+    ----------
+    path : pathlib.Path
+        The survey folder.
+    params : SurveyParams
+    root : pathlib.Path
+        SAS-like ``apogee_root`` (holds ``dr16/...``), so real-data code paths work on it.
+    allstar : pandas.DataFrame
+        :func:`helpers.apogee.read_allstar` of the allStar file (row i <-> spectrum i).
+    spectra : helpers.apogee.SpectraCache
+        ``.flux``, ``.error`` memmaps, shape (n_stars, 8575), float32.
+    occam_members, occam_clusters : pandas.DataFrame
+    truth : pandas.DataFrame
+        One row per allStar row: true TEFF, LOGG, FE_H, ALPHA_M, ``X_FE_<EL>`` (dex),
+        ``LATENT_<k>``, CLUSTER ('' for field), IS_MEMBER, IN_OCCAM_FILE, AK_TRUE (mag),
+        DIB_EW (A, 15273 band), V_ISM, VHELIO_TRUE (km/s), PLATE, SNR_TRUE,
+        TELLURIC_AMP, SKY_AMP, PERSISTENCE_AMP, STAR_BAD, HAS_FILE, JWST_ROW.
+    jwst : dict
+        ``flux`` memmap (n_jwst, n_pix) float32, ``wavelength`` (n_pix,) A, ``apogee_ids``,
+        ``rows`` (allStar rows), ``snr``.
+    """
+
+    path: Path
+    params: SurveyParams
+    manifest: dict = field(repr=False)
+
+    @property
+    def root(self) -> Path:
+        """SAS-like root holding ``dr16/...`` (pass it as ``apogee_root``)."""
+        return self.path / "sas"
+
+    @functools.cached_property
+    def allstar(self) -> pd.DataFrame:
+        """The allStar catalogue (:func:`helpers.apogee.read_allstar`), row i = spectrum i."""
+        return apogee.read_allstar(apogee.allstar_path(self.root, self.params.release))
+
+    @functools.cached_property
+    def spectra(self):
+        """The spectra cache (:func:`helpers.apogee.load_spectra_cache`)."""
+        return load_spectra_cache(self.path / "cache")
+
+    @functools.cached_property
+    def occam_members(self) -> pd.DataFrame:
+        """The OCCAM-like member catalogue (CG_PROB -9999.99 = none)."""
+        return apogee.read_occam_members(self.root.joinpath(*OCCAM_DIR,
+                                                            "occam_member-DR16.fits"))
+
+    @functools.cached_property
+    def occam_clusters(self) -> pd.DataFrame:
+        """The OCCAM-like cluster catalogue of the 22 clusters."""
+        return apogee.read_occam_clusters(self.root.joinpath(*OCCAM_DIR,
+                                                             "occam_cluster-DR16.fits"))
+
+    @functools.cached_property
+    def truth_arrays(self) -> dict:
+        """The raw truth arrays (``X_FE`` (n, 21), ``LATENT`` (n, K), ``MISSING`` ...)."""
+        with np.load(self.path / "truth.npz", allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+
+    @functools.cached_property
+    def truth(self) -> pd.DataFrame:
+        """The ground truth, one row per allStar row (see the class docstring)."""
+        a = self.truth_arrays
+        elems = [str(e) for e in a["ELEMENTS"]]
+        cols = {}
+        for k, v in a.items():
+            if k in ("ELEMENTS", "LATENT_SCALE", "MISSING"):
+                continue
+            if k == "X_FE":
+                for j, e in enumerate(elems):
+                    cols[f"X_FE_{e}"] = v[:, j]
+            elif k == "LATENT":
+                for j in range(v.shape[1]):
+                    cols[f"LATENT_{j}"] = v[:, j]
+            else:
+                cols[k] = v
+        df = pd.DataFrame(cols)
+        df.attrs["elements"] = elems
+        return df
+
+    @functools.cached_property
+    def jwst(self) -> dict:
+        """NIRSpec twins: flux memmap (n_jwst, n_pix), wavelength (A), apogee_ids, rows
+        (allStar rows), snr (the error of a pixel is 1 / snr)."""
+        d = self.path / "jwst"
+        return {"flux": np.load(d / "flux.npy", mmap_mode="r"),
+                "wavelength": np.load(d / "wavelength.npy"),
+                "apogee_ids": np.load(d / "apogee_ids.npy"),
+                "rows": np.load(d / "rows.npy"), "snr": np.load(d / "snr.npy")}
+
+    def aspcapstar_path(self, row: int) -> Path:
+        """aspcapStar file of allStar row ``row`` (exists only where truth HAS_FILE)."""
+        a = self.allstar
+        return apogee.aspcapstar_path(self.root, self.params.release, a.TELESCOPE[row],
+                                      a.FIELD[row], a.APOGEE_ID[row])
+
+    @staticmethod
+    def true_dib_windows() -> pd.DataFrame:
+        """See :func:`true_dib_windows`."""
+        return true_dib_windows()
+
+    @staticmethod
+    def telluric_lines() -> pd.DataFrame:
+        """See :func:`telluric_lines`."""
+        return telluric_lines()
+
+    @staticmethod
+    def sky_lines() -> pd.DataFrame:
+        """See :func:`sky_lines`."""
+        return sky_lines()
+
+
+def load_survey(path_or_params) -> Survey:
+    """Open a generated survey by folder or by its parameters.
+
+    Book: chapter 2, 'A survey of our own' (notebooks/02_survey.md).
+
+    Parameters
+    ----------
+    path_or_params : path-like or SurveyParams
+        The survey folder, or parameters (looked up at :func:`survey_dir`).
+
+    Returns
+    -------
+    Survey
+
+    Raises
+    ------
+    FileNotFoundError
+        No complete survey there (run :func:`generate_survey` first).
+    """
+    if isinstance(path_or_params, SurveyParams):
+        path = survey_dir(path_or_params)
+    else:
+        path = Path(path_or_params)
+    if not is_complete_survey(path):
+        raise FileNotFoundError(f"no complete synthetic survey at {path}; generate it with "
+                                f"helpers.survey.generate_survey(params)")
+    info = json.loads((path / SURVEY_MANIFEST).read_text())
+    params = SurveyParams.from_dict(info["params"])
+    if isinstance(path_or_params, SurveyParams) and params.key() != path_or_params.key():
+        raise FileNotFoundError(f"survey at {path} has key {params.key()}, expected "
+                                f"{path_or_params.key()}")
+    return Survey(path=path, params=params, manifest=info)
