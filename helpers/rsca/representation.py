@@ -25,7 +25,8 @@ __all__ = ["Representation", "PixelColumns", "ppca_representation", "principal_a
            "inverse_variance", "ppca_coordinates"]
 
 
-_FORMAT = "dimensionality-ppca-v1"
+#: format of the cached representations; v2: coordinates in flux units (:func:`ppca_coordinates`)
+_FORMAT = "ppca-representation-v2"
 
 
 @dataclass
@@ -37,7 +38,8 @@ class Representation:
     Attributes
     ----------
     field : ndarray, shape (n_field, K)
-        Posterior-mean coefficients of the field stars (unit prior variance per axis).
+        PPCA coordinates of the field stars (:func:`ppca_coordinates`: the posterior mean
+        of each star's latent vector times the amplitude of each axis, flux units).
     cluster : ndarray, shape (n_members, K)
         The same for the cluster members.
     components : ndarray, shape (K, n_used)
@@ -97,18 +99,27 @@ class Representation:
 
 
 class PixelColumns:
-    """Rows of a (memory-mapped) matrix restricted to some columns, read lazily.
+    """Some rows and columns of a (memory-mapped) matrix, read lazily.
 
     Book: {ref}`sec-nested-k`
 
     PPCA reads its data by row blocks (``X[a:b]``) or row lists (``X[rows]``); this gives it
-    only the pixels any star may use, without copying the whole matrix.
+    only the stars and pixels asked for, without copying the whole matrix.
+
+    Parameters
+    ----------
+    array : array_like, shape (N, D)
+    columns : array_like of int or bool
+        Columns (pixels) kept.
+    rows : array_like of int, optional
+        Rows (stars) kept, in this order (default: all).
     """
 
-    def __init__(self, array, columns):
+    def __init__(self, array, columns, rows=None):
         self.array = array
         self.columns = np.flatnonzero(columns) if np.asarray(columns).dtype == bool else np.asarray(columns)
-        self.shape = (array.shape[0], self.columns.size)
+        self.rows = None if rows is None else np.asarray(rows)
+        self.shape = (array.shape[0] if rows is None else self.rows.size, self.columns.size)
         self.dtype = array.dtype
         self.ndim = 2
 
@@ -116,6 +127,13 @@ class PixelColumns:
         return self.shape[0]
 
     def __getitem__(self, rows):
+        if self.rows is not None:
+            r = self.rows[rows]
+            if isinstance(rows, slice) and r.size and r[-1] - r[0] + 1 == r.size \
+                    and np.all(np.diff(r) == 1):
+                rows = slice(int(r[0]), int(r[-1]) + 1)   # consecutive rows: no fancy-index copy
+            else:
+                rows = r
         return np.asarray(self.array[rows])[:, self.columns]
 
 
@@ -136,8 +154,9 @@ def ppca_representation(inputs, n_components: int, *, n_fit: int | None = None, 
     Book: chapter 6, "One fit for every K" (notebooks/06_dimensionality.md).
 
     The basis is fitted on ``n_fit`` field stars drawn at random (seeded), or on all of
-    them, and every field and cluster star is then projected with the posterior mean over
-    its observed pixels (:meth:`helpers.ppca.PPCA.transform`). The result is cached in
+    them, and every field and cluster star then gets its PPCA coordinates over its observed
+    pixels (:func:`ppca_coordinates`, flux units: the one representation of spectra of the
+    book, chapter 5's too). The result is cached in
     ``.cache/dimensionality/<key>.npz``, keyed by the inputs' cache folder and every
     argument, so a second call (or a second execution of the chapter) only reads it.
 
@@ -186,10 +205,9 @@ def ppca_representation(inputs, n_components: int, *, n_fit: int | None = None, 
                  chunk_size=chunk_size).fit(X, mask=M)
     del X, M
     t1 = time.perf_counter()
-    z_field = model.transform(PixelColumns(inputs.field_flux, pixels),
-                              mask=PixelColumns(inputs.field_observed, pixels))
-    z_clust = model.transform(PixelColumns(inputs.cluster_flux, pixels),
-                              mask=PixelColumns(inputs.cluster_observed, pixels))
+    columns = np.flatnonzero(pixels)
+    z_field = ppca_coordinates(model, inputs.field_flux, inputs.field_observed, columns=columns)
+    z_clust = ppca_coordinates(model, inputs.cluster_flux, inputs.cluster_observed, columns=columns)
     t2 = time.perf_counter()
     info = {"K": int(n_components), "n_fit": int(n_fit or n_all), "n_iter": int(model.n_iter_),
             "converged": bool(model.converged_), "fit_seconds": round(t1 - t0, 2),
@@ -254,7 +272,12 @@ def read_rows(array, rows, columns=None, dtype=np.float32, chunk_size=4096):
     cols = np.arange(array.shape[1]) if columns is None else np.asarray(columns)
     out = np.empty((rows.size, cols.size), dtype=dtype)
     for a in range(0, rows.size, chunk_size):
-        out[a:a + chunk_size] = np.asarray(array[rows[a:a + chunk_size]])[:, cols]
+        r = rows[a:a + chunk_size]
+        if r.size and r[-1] - r[0] + 1 == r.size and np.all(np.diff(r) == 1):
+            block = array[r[0]:r[-1] + 1]       # consecutive rows: a slice, no fancy-index copy
+        else:
+            block = array[r]
+        out[a:a + r.size] = np.asarray(block)[:, cols]
     return out
 
 
@@ -312,22 +335,25 @@ def ppca_coordinates(ppca, flux, observed, rows=None, columns=None, *, error=Non
     error_rows : array_like of int, optional
         Rows of ``error`` matching ``rows`` (required with ``error``).
     chunk_size : int
+        Stars read at a time when ``error`` is given (otherwise PPCA's own chunks).
 
     Returns
     -------
     X : ndarray, shape (n_rows, K)
     """
-    rows = np.arange(flux.shape[0]) if rows is None else np.asarray(rows)
-    if error is not None and (error_rows is None or len(error_rows) != rows.size):
-        raise ValueError("error_rows must give one row of `error` per transformed star")
     amp = np.sqrt(np.maximum(ppca.explained_variance_ - ppca.noise_variance_, 0.0))
+    if error is None:
+        cols = np.arange(flux.shape[1]) if columns is None else columns
+        return ppca.transform(PixelColumns(flux, cols, rows),
+                              mask=PixelColumns(observed, cols, rows)) * amp
+    rows = np.arange(flux.shape[0]) if rows is None else np.asarray(rows)
+    if error_rows is None or len(error_rows) != rows.size:
+        raise ValueError("error_rows must give one row of `error` per transformed star")
     out = np.empty((rows.size, amp.size))
     for a in range(0, rows.size, chunk_size):
         r = rows[a:a + chunk_size]
         f = read_rows(flux, r, columns)
         o = read_rows(observed, r, columns, dtype=bool)
-        w = None
-        if error is not None:
-            w = inverse_variance(read_rows(error, np.asarray(error_rows)[a:a + chunk_size], columns), o)
+        w = inverse_variance(read_rows(error, np.asarray(error_rows)[a:a + chunk_size], columns), o)
         out[a:a + r.size] = ppca.transform(f, mask=o, weights=w) * amp
     return out
