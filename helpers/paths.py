@@ -1,6 +1,6 @@
 """Where the book keeps its committed tables and its generated data.
 
-Book: book/real_data.md ("Where the data live").
+Book: {ref}`sec-data-live`
 
 Generated surveys and caches live in a git-ignored folder, ``<repo>/.cache`` by
 default; set the environment variable ``STARS_BOOK_CACHE`` to put them elsewhere
@@ -16,17 +16,25 @@ __all__ = ["repo_root", "data_dir", "cache_dir"]
 
 
 def repo_root() -> Path:
-    """The repository's top folder (the one holding ``_config.yml``)."""
+    """The repository's top folder (the one holding ``_config.yml``).
+
+    Book: {ref}`sec-data-live`
+    """
     return Path(__file__).resolve().parents[1]
 
 
 def data_dir() -> Path:
-    """The folder of small committed tables (``<repo>/data``)."""
+    """The folder of small committed tables (``<repo>/data``).
+
+    Book: {ref}`sec-data-live`
+    """
     return repo_root() / "data"
 
 
 def cache_dir(*parts: str, create: bool = True) -> Path:
     """A folder inside the git-ignored cache, created on demand.
+
+    Book: {ref}`sec-data-live`
 
     Parameters
     ----------

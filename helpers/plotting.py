@@ -1,6 +1,6 @@
 """The book's figure style and small plotting helpers.
 
-Book: chapter 1, "How the book draws figures" (notebooks/01_stellar_spectra.md).
+Book: {ref}`sec-figures`
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "
 def use_book_style() -> None:
     """Apply the book's matplotlib style (``helpers/book.mplstyle``) globally.
 
-    Book: chapter 1, "How the book draws figures".
+    Book: {ref}`sec-figures`
     """
     import matplotlib.pyplot as plt  # imported when a figure is drawn: keeps `import helpers` light
 
@@ -31,7 +31,7 @@ def use_book_style() -> None:
 def shade_chip_gaps(ax, color: str = "0.9") -> None:
     """Grey out the wavelength ranges between APOGEE's three detectors on ``ax``.
 
-    Book: chapter 1, "The APOGEE wavelength grid".
+    Book: {ref}`sec-apogee-grid`
 
     Parameters
     ----------

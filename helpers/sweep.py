@@ -1,6 +1,6 @@
 """Run a chapter over a grid of parameters with papermill: parallel, resumable, tidy.
 
-Book: book/sweeps.md ("Running a chapter over a grid of parameters").
+Book: {ref}`page-sweeps`
 
 Usage::
 
@@ -38,7 +38,7 @@ RESULTS_ENV = "STARS_BOOK_RESULTS"
 def record_result(**values) -> dict:
     """Record a chapter's headline numbers for a parameter sweep.
 
-    Book: book/sweeps.md ("Recording results").
+    Book: {ref}`sec-sweeps-record`
 
     Inside a sweep (environment variable ``STARS_BOOK_RESULTS`` set by
     :func:`run_sweep`) the values are merged into that JSON file; otherwise nothing is
@@ -71,7 +71,7 @@ def record_result(**values) -> dict:
 def grid_points(params: dict, seeds=None, seed_name: str = "seed") -> list[dict]:
     """The Cartesian product of parameter values (and seeds), as a list of dicts.
 
-    Book: book/sweeps.md.
+    Book: {ref}`page-sweeps`
     """
     grid = dict(params)
     if seeds:
@@ -88,7 +88,10 @@ def grid_points(params: dict, seeds=None, seed_name: str = "seed") -> list[dict]
 
 
 def point_id(notebook: Path, point: dict) -> str:
-    """A stable short name of one grid point: readable parameters plus a hash."""
+    """A stable short name of one grid point: readable parameters plus a hash.
+
+    Book: {ref}`page-sweeps`
+    """
     text = json.dumps({"notebook": Path(notebook).stem, **point}, sort_keys=True)
     digest = hashlib.sha1(text.encode()).hexdigest()[:8]
     readable = "_".join(f"{k}-{v}" for k, v in point.items())
@@ -137,7 +140,7 @@ def run_sweep(notebook, params: dict, seeds=None, out=None, jobs: int = 2, seed_
               timeout: float | None = None, progress: bool = True):
     """Execute ``notebook`` at every grid point; return the tidy results table.
 
-    Book: book/sweeps.md.
+    Book: {ref}`page-sweeps`
 
     Parameters
     ----------
@@ -232,7 +235,7 @@ def _parse_value(text: str):
 def main(argv=None) -> int:
     """Command line: ``python -m helpers.sweep CHAPTER -p NAME V1 V2 ... [--seeds S ...]``.
 
-    Book: book/sweeps.md.
+    Book: {ref}`page-sweeps`
     """
     parser = argparse.ArgumentParser(
         prog="python -m helpers.sweep",

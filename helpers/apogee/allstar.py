@@ -58,7 +58,7 @@ def elem_column(symbol: str) -> str:
     str
         ``'<SYMBOL.upper()>_FE'`` ([X/Fe], dex), except ``'FE_H'`` for iron.
 
-    Book: chapter 2, 'The survey's files' (notebooks/02_survey.md).
+    Book: {ref}`sec-survey-files`
     """
     s = symbol.strip().upper()
     return "FE_H" if s == "FE" else f"{s}_FE"
@@ -116,7 +116,7 @@ def read_allstar(path, columns: Sequence[str] | None = None) -> pd.DataFrame:
         Corrupt FITS, missing HDU or column, ELEM_SYMBOL missing or inconsistent with the
         width of X_H.
 
-    Book: chapter 2, 'The survey's files' (notebooks/02_survey.md).
+    Book: {ref}`sec-survey-files`
     """
     p = Path(path)
     with open_fits(p, "allStar", memmap=True) as hdul:
@@ -211,7 +211,7 @@ def write_allstar(path, table, elem_symbol: Sequence[str], release: str = "dr16"
     pathlib.Path
         The written file.
 
-    Book: chapter 2, 'The survey's files' (notebooks/02_survey.md).
+    Book: {ref}`sec-survey-files`
     """
     fits = astropy_fits()
     release_layout(release)

@@ -38,7 +38,7 @@ class AspcapStar:
     apogee_id : str or None
         ``APOGEE_ID`` from the HDU4 table, when present.
 
-    Book: chapter 2, 'The survey's files' (notebooks/02_survey.md).
+    Book: {ref}`sec-survey-files`
     """
 
     flux: np.ndarray
@@ -110,7 +110,7 @@ def read_aspcapstar(path, check_finite: bool = True, read_table: bool = True) ->
         Corrupt FITS, missing HDU, wrong NAXIS1 / CRVAL1 / CDELT1 / CRPIX1, or non-finite
         values; the message names the file and the problem.
 
-    Book: chapter 2, 'The survey's files' (notebooks/02_survey.md).
+    Book: {ref}`sec-survey-files`
     """
     p = Path(path)
     with open_fits(p, "aspcapStar", memmap=False, lazy_load_hdus=True) as hdul:
@@ -189,7 +189,7 @@ def write_aspcapstar(path, flux, error, model, apogee_id: str, *, bad=None,
     pathlib.Path
         The written file.
 
-    Book: chapter 2, 'The survey's files' (notebooks/02_survey.md).
+    Book: {ref}`sec-survey-files`
     """
     fits = astropy_fits()
     f = _spectrum_arg("flux", flux, apogee_id)

@@ -70,7 +70,7 @@ def flag_set(values, name: str, bits: Mapping[str, int] | None = None) -> np.nda
     -------
     numpy.ndarray of bool, same shape as ``values``
 
-    Book: chapter 2, 'The survey's files' (notebooks/02_survey.md).
+    Book: {ref}`sec-survey-files`
     """
     bit, _ = _bit_of(name, bits)
     arr = np.asarray(values)
@@ -93,7 +93,7 @@ def flag_names(value: int, bits: Mapping[str, int] | None = None) -> list[str]:
     -------
     list of str, in bit order.
 
-    Book: chapter 2, 'The survey's files' (notebooks/02_survey.md).
+    Book: {ref}`sec-survey-files`
     """
     table = ASPCAPFLAG_BITS if bits is None else bits
     v = int(value)

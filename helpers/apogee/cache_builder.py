@@ -124,7 +124,7 @@ def _iter_batches(batches: list, n_jobs: int, executor: str, targets=None):
 def default_n_jobs() -> int:
     """Default worker count: the CPUs available to this process (at most 8).
 
-    Book: chapter 2, 'The survey's files' (notebooks/02_survey.md).
+    Book: {ref}`sec-survey-files`
     """
     try:
         n = len(os.sched_getaffinity(0))
@@ -196,7 +196,7 @@ def build_spectra_cache(catalogue: pd.DataFrame, out_dir, paths: Sequence | None
     SpectraCacheError
         All files were bad, or ``out_dir`` exists and is not a cache.
 
-    Book: chapter 2, 'The survey's files' (notebooks/02_survey.md).
+    Book: {ref}`sec-survey-files`
     """
     if not isinstance(catalogue, pd.DataFrame):
         raise TypeError("build_spectra_cache: catalogue must be a pandas DataFrame")

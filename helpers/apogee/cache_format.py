@@ -73,7 +73,7 @@ CACHE_FILES = (MANIFEST, CATALOGUE, IDS, FLUX, ERROR)
 class SpectraCacheError(ValueError):
     """A spectra cache is missing, incomplete, inconsistent or misaligned.
 
-    Book: chapter 2, 'The survey's files' (notebooks/02_survey.md).
+    Book: {ref}`sec-survey-files`
     """
 
 
@@ -127,7 +127,10 @@ def pid_alive(pid: int) -> bool:
 
 
 def remove_stale_temporaries(out_dir: Path) -> None:
-    """Delete temporary directories of builds whose process no longer exists."""
+    """Delete temporary directories of builds whose process no longer exists.
+
+    Book: {ref}`sec-survey-files`
+    """
     parent = out_dir.parent
     if not parent.is_dir():
         return
@@ -221,7 +224,7 @@ def cache_key(apogee_ids: Sequence[str], paths: Sequence | None = None,
     info : dict
         Human-readable summary stored next to the key in the manifest.
 
-    Book: chapter 2, 'The survey's files' (notebooks/02_survey.md).
+    Book: {ref}`sec-survey-files`
     """
     h = hashlib.sha256()
     h.update(CACHE_FORMAT.encode())
@@ -253,7 +256,7 @@ def cache_key(apogee_ids: Sequence[str], paths: Sequence | None = None,
 def is_complete_cache(path) -> bool:
     """Whether ``path`` holds a complete cache (manifest present and well-formed).
 
-    Book: chapter 2, 'The survey's files' (notebooks/02_survey.md).
+    Book: {ref}`sec-survey-files`
     """
     p = Path(path)
     try:

@@ -36,7 +36,7 @@ class SpectraCache:
     manifest : dict
         Contents of manifest.json (key, creation time, skipped-file report, ...).
 
-    Book: chapter 2, 'The survey's files' (notebooks/02_survey.md).
+    Book: {ref}`sec-survey-files`
     """
 
     path: Path
@@ -87,7 +87,7 @@ def load_spectra_cache(path, expect_ids: Sequence[str] | None = None,
         Incomplete cache (no manifest, wrong format, missing file), shapes or dtype not as
         in the manifest, or IDs that disagree with the catalogue or ``expect_ids``.
 
-    Book: chapter 2, 'The survey's files' (notebooks/02_survey.md).
+    Book: {ref}`sec-survey-files`
     """
     p = Path(path)
     if not p.is_dir():

@@ -66,7 +66,7 @@ class SpectraCacheWriter:
     n_rows : int
         N.
 
-    Book: chapter 2, 'The survey's files' (notebooks/02_survey.md).
+    Book: {ref}`sec-survey-files`
     """
 
     def __init__(self, out_dir, catalogue: pd.DataFrame, *, key: str | None = None,

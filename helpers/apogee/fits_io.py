@@ -26,7 +26,7 @@ class ApogeeFormatError(ValueError):
 
     The message always names the file and what was expected.
 
-    Book: chapter 2, 'The survey's files' (notebooks/02_survey.md).
+    Book: {ref}`sec-survey-files`
     """
 
 
@@ -40,7 +40,10 @@ def astropy_fits():
 
 
 def open_fits(path, what: str, **kwargs):
-    """Open a FITS file, turning every failure into an error naming the file."""
+    """Open a FITS file, turning every failure into an error naming the file.
+
+    Book: {ref}`sec-survey-files`
+    """
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{what} file {p}: not found")
@@ -61,7 +64,10 @@ def open_fits(path, what: str, **kwargs):
 
 
 def native_column(arr: np.ndarray) -> np.ndarray:
-    """Copy of a FITS column in native byte order; strings decoded and stripped."""
+    """Copy of a FITS column in native byte order; strings decoded and stripped.
+
+    Book: {ref}`sec-survey-files`
+    """
     arr = np.asarray(arr)
     if arr.dtype.kind in "SU":
         out = np.char.strip(arr.astype(str))
@@ -114,7 +120,10 @@ def dataframe_from_table(hdu, names: Sequence[str]) -> pd.DataFrame:
 
 
 def fits_column(name: str, values) -> "object":
-    """An astropy Column for a 1-D (or 2-D: array column) numpy array."""
+    """An astropy Column for a 1-D (or 2-D: array column) numpy array.
+
+    Book: {ref}`sec-survey-files`
+    """
     fits = astropy_fits()
     arr = np.asarray(values)
     if arr.dtype.kind in "OUS" or pd.api.types.is_string_dtype(arr.dtype):
@@ -135,7 +144,10 @@ def fits_column(name: str, values) -> "object":
 
 
 def atomic_writeto(hdul, path) -> Path:
-    """Write an HDUList to ``path`` through a temporary file and os.replace."""
+    """Write an HDUList to ``path`` through a temporary file and os.replace.
+
+    Book: {ref}`sec-survey-files`
+    """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")

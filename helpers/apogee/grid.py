@@ -60,7 +60,7 @@ def wavelength_grid() -> np.ndarray:
         ``10**(CRVAL1 + CDELT1 * i)`` for ``i = 0..8574``, vacuum Angstrom
         (15100.80 to 16999.81 A).
 
-    Book: chapter 2, 'The survey's files' (notebooks/02_survey.md).
+    Book: {ref}`sec-survey-files`
     """
     return 10.0 ** (CRVAL1 + CDELT1 * np.arange(N_PIXELS, dtype=np.float64))
 
@@ -73,7 +73,7 @@ def chip_mask() -> np.ndarray:
     numpy.ndarray, shape (8575,), bool
         True for the 7,514 pixels inside :data:`CHIPS`.
 
-    Book: chapter 2, 'The survey's files' (notebooks/02_survey.md).
+    Book: {ref}`sec-survey-files`
     """
     mask = np.zeros(N_PIXELS, dtype=bool)
     for sl in CHIPS.values():

@@ -43,7 +43,7 @@ def read_occam_members(path) -> pd.DataFrame:
     FileNotFoundError, ApogeeFormatError
         Missing file; corrupt FITS or a missing required column.
 
-    Book: chapter 2, 'The survey's files' (notebooks/02_survey.md).
+    Book: {ref}`sec-survey-files`
     """
     return read_simple_table(path, OCCAM_MEMBER_REQUIRED, "OCCAM member")
 
@@ -67,7 +67,7 @@ def read_occam_clusters(path) -> pd.DataFrame:
     FileNotFoundError, ApogeeFormatError
         Missing file; corrupt FITS or a missing required column.
 
-    Book: chapter 2, 'The survey's files' (notebooks/02_survey.md).
+    Book: {ref}`sec-survey-files`
     """
     return read_simple_table(path, OCCAM_CLUSTER_REQUIRED, "OCCAM cluster")
 
@@ -86,7 +86,7 @@ def write_occam_members(path, table) -> Path:
     -------
     pathlib.Path
 
-    Book: chapter 2, 'The survey's files' (notebooks/02_survey.md).
+    Book: {ref}`sec-survey-files`
     """
     return write_simple_table(path, table, OCCAM_MEMBER_REQUIRED, "OCCAM member")
 
@@ -104,6 +104,6 @@ def write_occam_clusters(path, table) -> Path:
     -------
     pathlib.Path
 
-    Book: chapter 2, 'The survey's files' (notebooks/02_survey.md).
+    Book: {ref}`sec-survey-files`
     """
     return write_simple_table(path, table, OCCAM_CLUSTER_REQUIRED, "OCCAM cluster")

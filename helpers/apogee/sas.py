@@ -56,7 +56,7 @@ def allstar_path(apogee_root, release: str) -> Path:
         DR16: ``apogee_root/dr16/apogee/spectro/aspcap/r12/l33/allStar-r12-l33.fits``;
         DR17: ``apogee_root/dr17/apogee/spectro/aspcap/dr17/synspec_rev1/allStar-dr17-synspec_rev1.fits``.
 
-    Book: chapter 2, 'The survey's files' (notebooks/02_survey.md).
+    Book: {ref}`sec-survey-files`
     """
     rel = release_layout(release)
     return Path(apogee_root).joinpath(*rel["aspcap_dir"], rel["allstar"])
@@ -84,7 +84,7 @@ def aspcapstar_path(apogee_root, release: str, telescope: str, field: str,
         DR16: ``.../dr16/apogee/spectro/aspcap/r12/l33/{TELESCOPE}/{FIELD}/aspcapStar-r12-{APOGEE_ID}.fits``;
         DR17: ``.../dr17/apogee/spectro/aspcap/dr17/synspec_rev1/{TELESCOPE}/{FIELD}/aspcapStar-dr17-{APOGEE_ID}.fits``.
 
-    Book: chapter 2, 'The survey's files' (notebooks/02_survey.md).
+    Book: {ref}`sec-survey-files`
     """
     rel = release_layout(release)
     parts = {"telescope": telescope, "field": field, "apogee_id": apogee_id}

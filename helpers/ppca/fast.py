@@ -59,6 +59,8 @@ SERIES_ORDER = 2
 def series_terms(W, s2, c, N, order):
     """Sums over stars needed by the M-step and the likelihood (float64).
 
+    Book: {ref}`sec-rsca-ppca`
+
     Returns ``(SigSum, Scorr, trMG, logdet_sum)``:
 
     * ``SigSum ~ sum_n Sigma_n`` (``Sigma_n = s2 M_n^{-1}``), K x K;

@@ -20,6 +20,8 @@ __all__ = ["MissingChunk", "missing_layout", "layout_from_entries", "missing_per
 class MissingChunk:
     """Missing-pixel layout of one chunk of stars, grouped by missing count.
 
+    Book: {ref}`sec-rsca-ppca`
+
     Stars are sorted by their number of missing pixels and cut into groups of up to
     ``group_size`` stars.  Group ``j`` holds the stars ``order[starts[j]:starts[j + 1]]``; its
     missing pixel indices, padded with ``D`` (a row of zeros in the extended ``W``) to the
@@ -46,13 +48,19 @@ class MissingChunk:
 
 
 def missing_layout(miss, D, group_size=256):
-    """Build the :class:`MissingChunk` for a boolean ``miss`` array of shape (n, D)."""
+    """Build the :class:`MissingChunk` for a boolean ``miss`` array of shape (n, D).
+
+    Book: {ref}`sec-rsca-ppca`
+    """
     r, c = nonzero_sparse(miss)
     return layout_from_entries(r, c, miss.shape[0], D, group_size)
 
 
 def missing_per_pixel(layouts, D):
-    """Number of stars missing each of the D pixels, from missing-pixel layouts."""
+    """Number of stars missing each of the D pixels, from missing-pixel layouts.
+
+    Book: {ref}`sec-rsca-ppca`
+    """
     c = np.zeros(D + 1)
     for lay in layouts:
         if lay.n_miss:
@@ -63,6 +71,8 @@ def missing_per_pixel(layouts, D):
 def nonzero_sparse(miss):
     """``np.nonzero`` of a 2-D boolean array, 3x faster: ``flatnonzero`` then ``divmod``.
 
+    Book: {ref}`sec-rsca-ppca`
+
     (NumPy's 2-D ``nonzero`` builds the multi-index entry by entry.)  Same result, same
     row-major order.
     """
@@ -72,6 +82,8 @@ def nonzero_sparse(miss):
 
 def layout_from_entries(r, c, n, D, group_size=256):
     """Build the :class:`MissingChunk` of ``n`` stars from the missing entries ``(r, c)``.
+
+    Book: {ref}`sec-rsca-ppca`
 
     ``r, c`` are the row and pixel indices of the missing entries in row-major order (as
     returned by ``np.nonzero``).

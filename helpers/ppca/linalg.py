@@ -15,13 +15,19 @@ LOG2PI = float(np.log(2.0 * np.pi))
 
 
 def packed_index(K):
-    """Indices of the upper triangle of a K x K matrix (for packed symmetric storage)."""
+    """Indices of the upper triangle of a K x K matrix (for packed symmetric storage).
+
+    Book: {ref}`sec-rsca-ppca`
+    """
     iu = np.triu_indices(K)
     return iu
 
 
 def unpack_sym(P, K, iu):
-    """(n, K(K+1)/2) packed upper triangles -> (n, K, K) symmetric matrices (float64)."""
+    """(n, K(K+1)/2) packed upper triangles -> (n, K, K) symmetric matrices (float64).
+
+    Book: {ref}`sec-rsca-ppca`
+    """
     out = np.zeros((P.shape[0], K, K))
     out[:, iu[0], iu[1]] = P
     out[:, iu[1], iu[0]] = P
@@ -29,12 +35,17 @@ def unpack_sym(P, K, iu):
 
 
 def pack_outer(A, iu):
-    """Rows a_d of A (D, K) -> packed a_d a_d^T, shape (D, K(K+1)/2)."""
+    """Rows a_d of A (D, K) -> packed a_d a_d^T, shape (D, K(K+1)/2).
+
+    Book: {ref}`sec-rsca-ppca`
+    """
     return A[:, iu[0]] * A[:, iu[1]]
 
 
 def orth(A):
     """Orthonormal basis of the columns of A (n, p), by Cholesky-QR applied twice (float64).
+
+    Book: {ref}`sec-rsca-ppca`
 
     Much faster than Householder QR for tall-skinny matrices, and deterministic.
     """
@@ -50,6 +61,8 @@ def orth(A):
 def max_angle_deg(A, B):
     """Largest principal angle (degrees) between the column spaces of A and B (D, K).
 
+    Book: {ref}`sec-rsca-ppca`
+
     Cholesky-QR orthonormalisation (cheap for tall-skinny matrices), then the smallest
     singular value of ``Qa^T Qb``.
     """
@@ -61,6 +74,8 @@ def max_angle_deg(A, B):
 
 def inv_logdet_pd(M):
     """Inverses and log-determinants of a stack of symmetric positive-definite matrices.
+
+    Book: {ref}`sec-rsca-ppca`
 
     One batched Cholesky ``M = L L^T``, then ``L^{-1}`` by forward substitution vectorised
     over the stack (one small batched product per row), and ``M^{-1} = L^{-T} L^{-1}``:
@@ -83,13 +98,18 @@ def inv_logdet_pd(M):
 
 
 def logdet_pd(M):
-    """log det of a stack of symmetric positive-definite matrices (via Cholesky)."""
+    """log det of a stack of symmetric positive-definite matrices (via Cholesky).
+
+    Book: {ref}`sec-rsca-ppca`
+    """
     L = np.linalg.cholesky(M)
     return 2.0 * np.log(np.diagonal(L, axis1=-2, axis2=-1)).sum(axis=-1)
 
 
 def row_sq(x):
     """Sum of squares of each row of a 2-D float array (float64 result).
+
+    Book: {ref}`sec-rsca-ppca`
 
     Squares in the array's dtype, then NumPy's pairwise summation along the row: relative
     error ~1e-7 in float32 (a constant offset of the objective, which cancels in its

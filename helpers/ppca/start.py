@@ -85,7 +85,7 @@ def start_fit(Xs, layouts, chunks, xx, col_sum, K, rng, tol=0.0):
     """Starting ``(W, m, sigma2)``: a rank-K fit of the subsample ``Xs`` with its missing
     entries imputed by the fit itself.
 
-    Book: chapter 5, "Step 1: PPCA with missing pixels" (notebooks/05_rsca.md).
+    Book: {ref}`sec-rsca-ppca`
 
     ``Xs`` is ``(n, D + 1)``, centred on the reference spectrum ``mu0``, missing entries 0
     (and the padding column D 0); ``layouts``/``chunks`` give its missing entries, ``xx`` the
@@ -225,7 +225,10 @@ def start_fit(Xs, layouts, chunks, xx, col_sum, K, rng, tol=0.0):
 
 
 def fit_ext(VK, TK, m, dt):
-    """``[VK m]`` with a zero row D (padding) and ``[TK 1]``, in the working dtype."""
+    """``[VK m]`` with a zero row D (padding) and ``[TK 1]``, in the working dtype.
+
+    Book: {ref}`sec-rsca-ppca`
+    """
     D, K = VK.shape
     Vext = np.zeros((D + 1, K + 1), dtype=dt)
     Vext[:D, :K] = VK
@@ -238,6 +241,8 @@ def fit_ext(VK, TK, m, dt):
 def impute_chunk(xc, lay, Vext, Text, write):
     """Impute the missing entries of one chunk by ``m_d + TK_n . VK_d`` (see
     :func:`start_fit`); ``Vext``/``Text`` from :func:`fit_ext`, ``Text`` the chunk's rows.
+
+    Book: {ref}`sec-rsca-ppca`
 
     Returns, over the chunk's missing entries, the sum of the old values squared and of the
     squared change (both before writing), and (with ``write``) the per-pixel sums of the new

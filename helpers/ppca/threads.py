@@ -31,6 +31,8 @@ _BLAS = {}
 def blas_threads(n):
     """Context manager: BLAS on ``n`` threads (``None``: the count found at import time).
 
+    Book: {ref}`sec-rsca-ppca`
+
     The engine runs its small products and the per-star LAPACK calls on one BLAS thread (in
     its own pool of Python threads) and only the large chunk GEMMs multi-threaded: on a busy
     machine a multi-threaded BLAS spends far longer synchronising its threads on small
@@ -50,7 +52,10 @@ _POOL = None
 
 
 def n_workers():
-    """Threads of the pool: the CPUs this process may use, at most 4."""
+    """Threads of the pool: the CPUs this process may use, at most 4.
+
+    Book: {ref}`sec-rsca-ppca`
+    """
     try:
         ncpu = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover
@@ -59,7 +64,10 @@ def n_workers():
 
 
 class BufferPool:
-    """One reusable chunk buffer per thread of the pool (see :func:`group_mapper`)."""
+    """One reusable chunk buffer per thread of the pool (see :func:`group_mapper`).
+
+    Book: {ref}`sec-rsca-ppca`
+    """
 
     def __init__(self, shape, dtype):
         self._free = queue.SimpleQueue()
@@ -78,6 +86,8 @@ class BufferPool:
 
 def group_mapper():
     """``map`` over a pool of threads when several cores are available, else ``map``.
+
+    Book: {ref}`sec-rsca-ppca`
 
     Used for the chunks of an E-step and for the groups of stars of the start's imputation.
     NumPy releases the GIL in its products, LAPACK calls and element-wise loops, so the work

@@ -21,7 +21,7 @@ RSCA_SUBSET = ("Fe", "Mg", "Ni", "Si", "Al", "C", "N")
 def abundance_matrix(table, elements, rows=None, prefix="X_H_"):
     """Measured abundances ``[X/H]`` of some stars as a float64 matrix.
 
-    Book: chapter 5, "Abundances as a representation" (notebooks/05_rsca.md).
+    Book: {ref}`sec-rsca-rates`
 
     Parameters
     ----------
@@ -56,7 +56,7 @@ def abundance_matrix(table, elements, rows=None, prefix="X_H_"):
 def true_abundance_matrix(truth, elements, rows=None):
     """True ``[X/H] = [Fe/H] + [X/Fe]`` of a synthetic survey's stars.
 
-    Book: chapter 5, "The floor set by the true labels" (notebooks/05_rsca.md).
+    Book: {ref}`sec-rsca-floor`
 
     Parameters
     ----------

@@ -41,7 +41,7 @@ def rates_vs_k(rep: Representation, labels, K_values, pairs: dict, *, leak: bool
                n_boot: int = 200, random_state: int = 0) -> pd.DataFrame:
     """Global doppelganger rate of full RSCA on the first K axes, for each K.
 
-    Book: chapter 6, "Fig. 2: the rate against K" (notebooks/06_dimensionality.md).
+    Book: {ref}`sec-fig2`
 
     Parameters
     ----------
@@ -78,7 +78,7 @@ def top_n_rates(rep: Representation, labels, top_n_values, pairs: dict, *, n_rep
                 field_fraction: float = 0.5, seed: int = 0, n_boot: int = 200) -> pd.DataFrame:
     """Cross-validated rate when only the N most strongly scaled RSCA dimensions are kept.
 
-    Book: chapter 6, "Table 1: keeping the top N dimensions" (notebooks/06_dimensionality.md).
+    Book: {ref}`sec-table1`
 
     Repeat 0 uses every field star; repeats 1..n_repeats each use a different random
     ``field_fraction`` of the field stars (for the sphering and as doppelganger
@@ -136,7 +136,7 @@ def top_n_rates(rep: Representation, labels, top_n_values, pairs: dict, *, n_rep
 def summarise_top_n(table: pd.DataFrame) -> pd.DataFrame:
     """Table 1 from :func:`top_n_rates`: rate on all field stars, mean and spread of repeats.
 
-    Book: chapter 6, "Table 1: keeping the top N dimensions" (notebooks/06_dimensionality.md).
+    Book: {ref}`sec-table1`
 
     Returns
     -------
@@ -159,7 +159,7 @@ def rates_vs_training_clusters(rep: Representation, labels, n_train_values, pair
                                n_subsets: int = 50, seed: int = 0) -> pd.DataFrame:
     """Doppelganger rate of held-out clusters when the metric sees only some clusters.
 
-    Book: chapter 6, "Fig. 5: how many clusters?" (notebooks/06_dimensionality.md).
+    Book: {ref}`sec-fig5`
 
     For each number m of training clusters, ``n_subsets`` random sets of m clusters are
     drawn (seeded by ``seed`` and m, so the same sets are used for every representation);
@@ -228,7 +228,7 @@ def rates_vs_training_clusters(rep: Representation, labels, n_train_values, pair
 def plateau_n(rates, top_n_values, tolerance: float = 0.15) -> int:
     """The smallest N whose rate is within ``tolerance`` of the best rate (Table 1's knee).
 
-    Book: chapter 6, "Ground truth: how many dimensions are there?" (notebooks/06_dimensionality.md).
+    Book: {ref}`sec-ground-truth`
 
     Parameters
     ----------
@@ -247,7 +247,7 @@ def plateau_n(rates, top_n_values, tolerance: float = 0.15) -> int:
 def latent_recovery(Z, latent) -> np.ndarray:
     """How much of each true chemical coordinate a representation captures linearly (R^2).
 
-    Book: chapter 6, "Ground truth: how many dimensions are there?" (notebooks/06_dimensionality.md).
+    Book: {ref}`sec-ground-truth`
 
     Parameters
     ----------

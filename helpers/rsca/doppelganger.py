@@ -435,7 +435,7 @@ def loco_pair_distances(fit_fn, X_pop, X_clust, cluster_labels, vhelio_pop, ak_p
                         vhelio_clust, ak_clust, dv_max=5.0, dak_max=0.05):
     """The distances behind each cluster's leave-one-cluster-out doppelganger rate.
 
-    Book: chapter 5, "Cluster by cluster" (notebooks/05_rsca.md).
+    Book: {ref}`sec-rsca-clusters`
 
     Parameters
     ----------

@@ -1,6 +1,6 @@
 """Pixel censoring and the masks that keep non-chemical information out of RSCA.
 
-Book: chapter 4, "Masking" (notebooks/04_masking.md).
+Book: {ref}`ch-masking`
 
 Three steps, each a function here:
 
@@ -45,7 +45,7 @@ PAPER_ISM_WINDOWS = ((720, 910), (2370, 2470), (2600, 2750), (4300, 4600))
 def censor(flux, error, max_error: float = 0.05, valid=None) -> np.ndarray:
     """Observed-pixel mask: finite flux, error at most ``max_error``, inside the chips.
 
-    Book: chapter 4, "Censoring".
+    Book: {ref}`sec-censoring`
 
     Parameters
     ----------
@@ -81,7 +81,7 @@ def censor(flux, error, max_error: float = 0.05, valid=None) -> np.ndarray:
 def censored_fractions(observed, valid) -> tuple[np.ndarray, np.ndarray]:
     """Fraction of in-chip pixels censored, per star and per pixel.
 
-    Book: chapter 4, "Censoring".
+    Book: {ref}`sec-censoring`
 
     Parameters
     ----------
@@ -105,7 +105,7 @@ def residual_curve(flux_ref, observed_ref, flux_test, observed_test, n_component
                    random_state: int = 0, statistic: str = "abs", **ppca_kwargs) -> np.ndarray:
     """Mean residual per pixel of ``test`` stars on a PCA basis of ``ref`` stars.
 
-    Book: chapter 4, "Interstellar bands" (the paper's appendix A, Fig. 6).
+    Book: {ref}`sec-ism`
 
     A K-component PPCA with missing pixels (:class:`helpers.ppca.PPCA`) is fitted to the
     reference stars; each test star is projected by its posterior mean and reconstructed;
@@ -156,7 +156,7 @@ def residual_curve(flux_ref, observed_ref, flux_test, observed_test, n_component
 class WindowRule:
     """The rule that turns a residual curve into mask windows.
 
-    Book: chapter 4, "From a residual curve to windows".
+    Book: {ref}`sec-window-rule`
 
     Two thresholds, as in source extraction. A pixel *seeds* a window when
     ``curve - baseline > n_sigma * noise``, where the baseline is a running median over
@@ -213,7 +213,7 @@ def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
 def find_windows(curve, wavelength, rule: WindowRule = WindowRule(), valid=None):
     """Mask windows where ``curve`` rises above its own baseline (see :class:`WindowRule`).
 
-    Book: chapter 4, "From a residual curve to windows".
+    Book: {ref}`sec-window-rule`
 
     Parameters
     ----------
@@ -276,7 +276,7 @@ def find_windows(curve, wavelength, rule: WindowRule = WindowRule(), valid=None)
 def windows_to_mask(windows, n_pixels: int) -> np.ndarray:
     """Boolean mask, True inside any of ``windows`` ((start, stop) pixel pairs).
 
-    Book: chapter 4, "From a residual curve to windows".
+    Book: {ref}`sec-window-rule`
     """
     mask = np.zeros(int(n_pixels), dtype=bool)
     for start, stop in windows:
@@ -289,7 +289,7 @@ def windows_to_mask(windows, n_pixels: int) -> np.ndarray:
 def windows_in_angstrom(windows, wavelength) -> list[tuple[float, float]]:
     """The (first, last) wavelength of each pixel window, Angstrom.
 
-    Book: chapter 4, "From a residual curve to windows".
+    Book: {ref}`sec-window-rule`
     """
     wavelength = np.asarray(wavelength)
     return [(float(wavelength[a]), float(wavelength[b - 1])) for a, b in windows]
@@ -298,7 +298,7 @@ def windows_in_angstrom(windows, wavelength) -> list[tuple[float, float]]:
 def band_coverage(windows, wavelength, centres, half_widths, margin_angstrom: float = 1.0):
     """Whether each band ``centre +- half_width`` lies inside one window with a margin to spare.
 
-    Book: chapter 4, "Checking the windows against the truth".
+    Book: {ref}`sec-window-truth`
 
     Parameters
     ----------

@@ -1,6 +1,6 @@
 """Relevant Scaled Component Analysis (RSCA): the metric-learning steps 2-4.
 
-Book: chapter 5, "Steps 2-4: sphering, reparametrisation, rescaling" (notebooks/05_rsca.md).
+Book: {ref}`sec-rsca-math`
 
 De Mijolla & Ness (2022, ApJ, "Measuring chemical likeness of stars with RSCA",
 arXiv:2110.02250) learn a Euclidean metric on a K-dimensional representation of stars
@@ -76,7 +76,7 @@ _MODES = {
 def pooled_mad_scatter(Z, codes, n_clusters=None, robust=True):
     """Pooled within-cluster scatter per dimension.
 
-    Book: chapter 5, "Step 4: rescaling" (notebooks/05_rsca.md).
+    Book: {ref}`sec-rsca-math`
 
     Per cluster k and dimension r, ``s_k,r = 1.4826 * median_i |z_i,r - median_k,r|`` (or the
     ``ddof=1`` standard deviation if ``robust=False``); pooled as
@@ -121,7 +121,7 @@ def pooled_mad_scatter(Z, codes, n_clusters=None, robust=True):
 def relative_weights(sigma_clust, sigma_pop=1.0):
     """RSCA weights ``w = 1 / sigma_r = sqrt(1/sigma_clust^2 - 1/sigma_pop^2)``, 0 if suppressed.
 
-    Book: chapter 5, "Step 4: rescaling" (notebooks/05_rsca.md).
+    Book: {ref}`sec-rsca-math`
 
     ``sigma_r = sqrt(sigma_clust^2 sigma_pop^2 / (sigma_pop^2 - sigma_clust^2))`` (authors'
     code, ``relative_modifier``; see the module docstring for the likelihood-ratio
@@ -166,7 +166,7 @@ def relative_weights(sigma_clust, sigma_pop=1.0):
 class RelevantScaling:
     """The RSCA metric on a K-dimensional representation (steps 2-4).
 
-    Book: chapter 5, "Steps 2-4: sphering, reparametrisation, rescaling" (notebooks/05_rsca.md).
+    Book: {ref}`sec-rsca-math`
 
     Parameters
     ----------
@@ -241,7 +241,7 @@ class RelevantScaling:
     def fit_population(self, X_pop):
         """Step 2 only: learn the field mean and the sphering (needs no cluster star).
 
-        Book: chapter 5, "Step 2: sphering" (notebooks/05_rsca.md).
+        Book: {ref}`sec-rsca-math`
 
         Parameters
         ----------
@@ -296,7 +296,7 @@ class RelevantScaling:
     def fit_clusters(self, X_clust, cluster_labels):
         """Steps 3-4: learn rotation and rescaling from cluster members (after ``fit_population``).
 
-        Book: chapter 5, "Steps 3-4: reparametrisation and rescaling" (notebooks/05_rsca.md).
+        Book: {ref}`sec-rsca-math`
 
         Parameters
         ----------
@@ -363,7 +363,7 @@ class RelevantScaling:
     def fit(self, X_pop, X_clust, cluster_labels):
         """Learn the metric: sphering from the field, rotation and scales from the clusters.
 
-        Book: chapter 5, "Steps 2-4: sphering, reparametrisation, rescaling" (notebooks/05_rsca.md).
+        Book: {ref}`sec-rsca-math`
 
         Parameters
         ----------
@@ -383,7 +383,7 @@ class RelevantScaling:
     def transform(self, X):
         """Rescaled coordinates ``(x - mean_) @ linear_map_.T``.
 
-        Book: chapter 5, "Steps 2-4: sphering, reparametrisation, rescaling" (notebooks/05_rsca.md).
+        Book: {ref}`sec-rsca-math`
 
         Parameters
         ----------
@@ -402,7 +402,7 @@ class RelevantScaling:
     def sphere(self, X):
         """Step-2 coordinates ``(x - mean_) @ sphering_.T`` (field covariance = identity).
 
-        Book: chapter 5, "Step 2: sphering" (notebooks/05_rsca.md).
+        Book: {ref}`sec-rsca-math`
 
         Parameters
         ----------
@@ -419,7 +419,7 @@ class RelevantScaling:
     def reparametrize(self, X):
         """Step-3 coordinates ``sphere(X) @ rotation_.T`` (before rescaling).
 
-        Book: chapter 5, "Step 3: reparametrisation" (notebooks/05_rsca.md).
+        Book: {ref}`sec-rsca-math`
 
         Parameters
         ----------
@@ -439,7 +439,7 @@ class RelevantScaling:
 class RSCA:
     """PPCA compression of spectra followed by the RSCA metric (steps 1-4).
 
-    Book: chapter 5, "Steps 1-4 together: RSCA on spectra" (notebooks/05_rsca.md).
+    Book: {ref}`sec-rsca-math`
 
     Parameters
     ----------
@@ -487,7 +487,7 @@ class RSCA:
             weights_pop=None, weights_clust=None):
         """Fit PPCA (step 1) and the metric (steps 2-4).
 
-        Book: chapter 5, "Steps 1-4 together: RSCA on spectra" (notebooks/05_rsca.md).
+        Book: {ref}`sec-rsca-math`
 
         Parameters
         ----------
@@ -549,7 +549,7 @@ class RSCA:
     def coefficients(self, flux, mask=None, weights=None):
         """PPCA posterior-mean coefficients (step 1), honouring missing pixels.
 
-        Book: chapter 5, "Step 1: PPCA with missing pixels" (notebooks/05_rsca.md).
+        Book: {ref}`sec-rsca-ppca`
 
         Parameters
         ----------
@@ -567,7 +567,7 @@ class RSCA:
     def transform(self, flux, mask=None, weights=None):
         """RSCA coordinates of spectra (PPCA posterior mean, then the metric).
 
-        Book: chapter 5, "Steps 1-4 together: RSCA on spectra" (notebooks/05_rsca.md).
+        Book: {ref}`sec-rsca-math`
 
         Spectra with missing pixels go through PPCA's posterior mean over the observed
         pixels; for complete spectra this equals

@@ -1,6 +1,6 @@
 """One cached call from a survey (synthetic or real) to RSCA-ready inputs.
 
-Book: chapter 4, "What later chapters receive" (notebooks/04_masking.md).
+Book: {ref}`sec-pipeline`
 
 :func:`rsca_inputs` chains the selection of chapter 3 and the censoring and masking of
 chapter 4 and writes the result once, keyed by every parameter it depends on, to
@@ -52,7 +52,7 @@ _FORMAT = "rsca-inputs-v1"
 class MaskParams:
     """Censoring and masking choices (chapter 4), paper values as defaults.
 
-    Book: chapter 4, "What later chapters receive".
+    Book: {ref}`sec-pipeline`
 
     Attributes
     ----------
@@ -111,7 +111,7 @@ class MaskParams:
 class RscaInputs:
     """What the RSCA chapters receive: selected, censored, masked spectra.
 
-    Book: chapter 4, "What later chapters receive".
+    Book: {ref}`sec-pipeline`
 
     Attributes
     ----------
@@ -158,7 +158,7 @@ class RscaInputs:
 def open_source(source):
     """Catalogue, flux, error, OCCAM members and a key for a data source.
 
-    Book: book/real_data.md ("Pointing the book at real files").
+    Book: {ref}`sec-real-data-point`
 
     Parameters
     ----------
@@ -188,7 +188,7 @@ def chapter_source(n_field: int = PAPER_N_FIELD, survey_seed: int = 42, apogee_c
                    occam_members_file=None, **survey_overrides):
     """The data source a chapter's parameters describe: synthetic by default, real if given.
 
-    Book: book/real_data.md ("Pointing the book at real files").
+    Book: {ref}`sec-real-data-point`
 
     Every RSCA chapter has the parameters ``n_field``, ``survey_seed``, ``apogee_cache``
     and ``occam_members_file``; this turns them into a source for :func:`rsca_inputs`.
@@ -231,7 +231,7 @@ def ism_residual_curve(flux, error, ak, rows, params: MaskParams = MaskParams(),
                        low=None, high=None, statistic=None):
     """The paper's appendix-A curve on the given rows: high-AK residuals on a low-AK basis.
 
-    Book: chapter 4, "Interstellar bands".
+    Book: {ref}`sec-ism`
 
     Parameters
     ----------
@@ -367,7 +367,7 @@ def rsca_inputs(source, selection: SelectionParams = SelectionParams(),
                 mask: MaskParams = MaskParams(), cache_root=None) -> RscaInputs:
     """Selected, censored and masked spectra for RSCA, computed once and cached.
 
-    Book: chapter 4, "What later chapters receive".
+    Book: {ref}`sec-pipeline`
 
     Parameters
     ----------

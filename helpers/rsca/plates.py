@@ -12,7 +12,7 @@ __all__ = ["parse_visits", "shared_visits"]
 def parse_visits(visits):
     """Plates and dates (MJD) of each star's visits, from allStar ``VISITS`` strings.
 
-    Book: chapter 5, "Observed together? The same-plate check" (notebooks/05_rsca.md).
+    Book: {ref}`sec-rsca-plates`
 
     A visit id reads ``telescope-plate-MJD-fibre`` (e.g. ``apo25m-4000-57048-076``);
     ``VISITS`` joins a star's visit ids with commas.
@@ -41,7 +41,7 @@ def parse_visits(visits):
 def shared_visits(visits_a, visits_b, index_a, index_b):
     """Whether the stars of each pair share a plate, and a plate on the same night.
 
-    Book: chapter 5, "Observed together? The same-plate check" (notebooks/05_rsca.md).
+    Book: {ref}`sec-rsca-plates`
 
     Parameters
     ----------

@@ -33,7 +33,7 @@ _FORMAT = "ppca-representation-v2"
 class Representation:
     """PPCA coefficients of the field and cluster spectra, with the basis they came from.
 
-    Book: chapter 6, "One fit for every K" (notebooks/06_dimensionality.md).
+    Book: {ref}`sec-nested-k`
 
     Attributes
     ----------
@@ -70,7 +70,7 @@ class Representation:
     def truncated(self, K: int) -> "Representation":
         """The nested approximation of a K-component representation: the first K axes.
 
-        Book: chapter 6, "One fit for every K" (notebooks/06_dimensionality.md).
+        Book: {ref}`sec-nested-k`
 
         The coefficients of the first K principal axes of a K_max fit are kept. For a star
         with every pixel observed they equal the K-component model's coefficients up to a
@@ -151,7 +151,7 @@ def ppca_representation(inputs, n_components: int, *, n_fit: int | None = None, 
                         chunk_size: int = 2048) -> Representation:
     """Fit PPCA to field spectra once and return the coefficients of field and cluster stars.
 
-    Book: chapter 6, "One fit for every K" (notebooks/06_dimensionality.md).
+    Book: {ref}`sec-nested-k`
 
     The basis is fitted on ``n_fit`` field stars drawn at random (seeded), or on all of
     them, and every field and cluster star then gets its PPCA coordinates over its observed
@@ -227,7 +227,7 @@ def ppca_representation(inputs, n_components: int, *, n_fit: int | None = None, 
 def principal_angles(A, B) -> np.ndarray:
     """Principal angles (degrees) between the row spaces of two bases.
 
-    Book: chapter 6, "One fit for every K" (notebooks/06_dimensionality.md).
+    Book: {ref}`sec-nested-k`
 
     Parameters
     ----------
@@ -253,7 +253,7 @@ def principal_angles(A, B) -> np.ndarray:
 def read_rows(array, rows, columns=None, dtype=np.float32, chunk_size=4096):
     """Copy some rows (and columns) of a memory-mapped matrix into memory, chunk by chunk.
 
-    Book: chapter 5, "Step 1: PPCA with missing pixels" (notebooks/05_rsca.md).
+    Book: {ref}`sec-rsca-ppca`
 
     Parameters
     ----------
@@ -284,7 +284,7 @@ def read_rows(array, rows, columns=None, dtype=np.float32, chunk_size=4096):
 def inverse_variance(error, observed):
     """Per-pixel weights ``1 / error^2`` where observed, 0 elsewhere.
 
-    Book: chapter 5, "Beyond the paper: flux errors in PPCA" (notebooks/05_rsca.md).
+    Book: {ref}`sec-rsca-errors`
 
     Parameters
     ----------
@@ -310,7 +310,7 @@ def ppca_coordinates(ppca, flux, observed, rows=None, columns=None, *, error=Non
                      error_rows=None, chunk_size=4096):
     """PPCA coordinates of stars in flux units, read chunk by chunk from memory maps.
 
-    Book: chapter 5, "Step 1: PPCA with missing pixels" (notebooks/05_rsca.md).
+    Book: {ref}`sec-rsca-ppca`
 
     The posterior mean ``E[z | observed pixels]`` of :meth:`helpers.ppca.PPCA.transform`
     has unit prior variance in every direction; multiplied by the amplitude

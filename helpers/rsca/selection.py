@@ -1,6 +1,6 @@
 """The RSCA data selection: field red giants and open-cluster members.
 
-Book: chapter 3, "Selecting stars" (notebooks/03_selection.md).
+Book: {ref}`ch-selection`
 
 De Mijolla & Ness (2022, section 4.1) keep APOGEE stars with 4000 < TEFF < 5000 K,
 1.5 < LOGG < 3.0, ``STAR_BAD`` unset and all 21 abundances measured; cluster members
@@ -32,7 +32,7 @@ PAPER_EXCLUDED_IDS = ("2M19203303+3755558",)
 class SelectionParams:
     """Every threshold of the RSCA selection, with the paper's values as defaults.
 
-    Book: chapter 3, "Selecting stars".
+    Book: {ref}`ch-selection`
 
     Attributes
     ----------
@@ -77,7 +77,7 @@ class SelectionParams:
 class Selection:
     """The result of :func:`select_rsca_sample`.
 
-    Book: chapter 3, "Selecting stars".
+    Book: {ref}`ch-selection`
 
     Attributes
     ----------
@@ -116,7 +116,7 @@ def _require(df: pd.DataFrame, columns, what: str) -> None:
 def field_cut_masks(allstar: pd.DataFrame, params: SelectionParams = SelectionParams()) -> dict:
     """Each RSCA quality cut as a boolean mask over allStar rows, in the paper's order.
 
-    Book: chapter 3, "The field cuts".
+    Book: {ref}`sec-field-cuts`
 
     Parameters
     ----------
@@ -157,7 +157,7 @@ def field_cut_masks(allstar: pd.DataFrame, params: SelectionParams = SelectionPa
 def passes_field_cuts(allstar: pd.DataFrame, params: SelectionParams = SelectionParams()) -> np.ndarray:
     """Rows passing every field cut of :func:`field_cut_masks` (before cluster matching).
 
-    Book: chapter 3, "The field cuts".
+    Book: {ref}`sec-field-cuts`
 
     Returns
     -------
@@ -169,7 +169,7 @@ def passes_field_cuts(allstar: pd.DataFrame, params: SelectionParams = Selection
 def cut_table(masks: dict, n_start: int) -> pd.DataFrame:
     """Apply masks one after another and count what each removes.
 
-    Book: chapter 3, "The field cuts".
+    Book: {ref}`sec-field-cuts`
 
     Parameters
     ----------
@@ -198,7 +198,7 @@ def select_rsca_sample(allstar: pd.DataFrame, occam_members: pd.DataFrame,
                        params: SelectionParams = SelectionParams()) -> Selection:
     """The RSCA field set and cluster set from an allStar table and OCCAM members.
 
-    Book: chapter 3, "Selecting stars".
+    Book: {ref}`ch-selection`
 
     Parameters
     ----------

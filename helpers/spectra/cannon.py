@@ -1,6 +1,6 @@
 """The Cannon spectral model shipped with ``thedoppler``, evaluated on instrument grids.
 
-Book: chapter 1, "A model of a stellar spectrum" (notebooks/01_stellar_spectra.md).
+Book: {ref}`sec-cannon-model`
 
 The package ``thedoppler`` (MIT) carries a data-driven Cannon model of cool stars
 (Ness et al. 2015): a cubic polynomial in (Teff, logg, [Fe/H]) per pixel,
@@ -54,7 +54,7 @@ _FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 def cannon_model_path() -> Path:
     """Path of the cool-star Cannon model inside the installed ``thedoppler`` package.
 
-    Book: chapter 1, "A model of a stellar spectrum".
+    Book: {ref}`sec-cannon-model`
 
     Raises
     ------
@@ -86,7 +86,7 @@ def _refractive_index_air(wave_vac: np.ndarray) -> np.ndarray:
 def vacuum_to_air(wave_vac):
     """Convert vacuum wavelengths (Angstrom) to air (Morton 2000).
 
-    Book: chapter 1, "Air and vacuum wavelengths".
+    Book: {ref}`sec-air-vacuum`
     """
     wave_vac = np.asarray(wave_vac, dtype=float)
     return wave_vac / _refractive_index_air(wave_vac)
@@ -95,7 +95,7 @@ def vacuum_to_air(wave_vac):
 def air_to_vacuum(wave_air, n_iter: int = 3):
     """Convert air wavelengths (Angstrom) to vacuum by inverting :func:`vacuum_to_air`.
 
-    Book: chapter 1, "Air and vacuum wavelengths".
+    Book: {ref}`sec-air-vacuum`
 
     Fixed-point iteration of ``vac = air * n(vac)``; three iterations reach 1e-9 A
     in the H band.
@@ -111,7 +111,7 @@ def air_to_vacuum(wave_air, n_iter: int = 3):
 class CannonModel:
     """A quadratic-or-cubic Cannon model: flux = theta @ label_vector(labels).
 
-    Book: chapter 1, "A model of a stellar spectrum".
+    Book: {ref}`sec-cannon-model`
 
     Attributes
     ----------
@@ -188,7 +188,7 @@ class CannonModel:
 def load_cannon_model() -> CannonModel:
     """Load the cool-star Cannon model shipped by ``thedoppler`` (cached per process).
 
-    Book: chapter 1, "A model of a stellar spectrum".
+    Book: {ref}`sec-cannon-model`
     """
     path = cannon_model_path()
     with open(path, "rb") as fh:
@@ -217,7 +217,7 @@ def load_cannon_model() -> CannonModel:
 class InstrumentModel:
     """A Cannon model already broadened and resampled onto an instrument's pixels.
 
-    Book: chapter 1, "From the model to the detector".
+    Book: {ref}`sec-lsf`
 
     Attributes
     ----------
@@ -286,7 +286,7 @@ def _broaden_and_resample(model: CannonModel, wave_out: np.ndarray, resolution: 
 def apogee_model(resolution: float = APOGEE_RESOLUTION) -> InstrumentModel:
     """The Cannon model on APOGEE's 8,575-pixel vacuum grid at resolving power R.
 
-    Book: chapter 1, "From the model to the detector".
+    Book: {ref}`sec-lsf`
 
     Flux is zero outside the three chips, as in aspcapStar files.
     """
@@ -302,7 +302,7 @@ def apogee_model(resolution: float = APOGEE_RESOLUTION) -> InstrumentModel:
 def nirspec_grid(n_pixels: int = 8192, wmin: float = 9000.0, wmax: float = 17950.0) -> np.ndarray:
     """A log-uniform NIRSpec-like wavelength grid (vacuum Angstrom), shape (n_pixels,).
 
-    Book: chapter 1, "The same star seen by JWST".
+    Book: {ref}`sec-jwst-spectrum`
 
     The default 0.90-1.80 um range follows the StarCLIP essay's 8,192-pixel spectra
     (the upper end stops 50 A short of the Cannon model's 18,000 A air edge).
@@ -317,7 +317,7 @@ def nirspec_model(resolution: float = NIRSPEC_RESOLUTION, n_pixels: int = 8192,
                   wmin: float = 9000.0, wmax: float = 17950.0) -> InstrumentModel:
     """The Cannon model at NIRSpec-like resolution on :func:`nirspec_grid`.
 
-    Book: chapter 1, "The same star seen by JWST".
+    Book: {ref}`sec-jwst-spectrum`
     """
     if not np.isfinite(resolution) or resolution <= 0:
         raise ValueError(f"resolution must be a positive number, got {resolution!r}")

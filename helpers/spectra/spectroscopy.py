@@ -1,6 +1,6 @@
 """Small measurements on spectra: equivalent widths, pixels per resolution element, noise.
 
-Book: chapter 1, "Measuring a line" (notebooks/01_stellar_spectra.md).
+Book: {ref}`sec-measuring-a-line`
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ __all__ = ["equivalent_width", "pixels_per_resolution_element", "add_noise"]
 def equivalent_width(wavelength, flux, window) -> np.ndarray:
     """Equivalent width of the absorption in ``window``: the integral of (1 - flux) dlambda.
 
-    Book: chapter 1, "Measuring a line".
+    Book: {ref}`sec-measuring-a-line`
 
     Parameters
     ----------
@@ -44,7 +44,7 @@ def equivalent_width(wavelength, flux, window) -> np.ndarray:
 def pixels_per_resolution_element(resolution: float, dlog10_lambda: float) -> float:
     """How many pixels of a log-uniform grid one resolution element (FWHM = lambda / R) spans.
 
-    Book: chapter 1, "The APOGEE wavelength grid".
+    Book: {ref}`sec-apogee-grid`
 
     Parameters
     ----------
@@ -61,7 +61,7 @@ def pixels_per_resolution_element(resolution: float, dlog10_lambda: float) -> fl
 def add_noise(flux, snr, rng, valid=None):
     """Gaussian noise at signal-to-noise ``snr`` per pixel: returns (noisy flux, error).
 
-    Book: chapter 1, "Noise".
+    Book: {ref}`sec-spectra-noise`
 
     Parameters
     ----------

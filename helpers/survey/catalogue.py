@@ -17,7 +17,10 @@ __all__ = ["twomass_ids", "EXCLUDED_STAR", "build_catalogue", "occam_cluster_tab
 
 
 def twomass_ids(n: int, rng: np.random.Generator, ra0=None, dec0=None) -> np.ndarray:
-    """2MASS-style identifiers '2MHHMMSSss+DDMMSSs'."""
+    """2MASS-style identifiers '2MHHMMSSss+DDMMSSs'.
+
+    Book: {ref}`sec-survey-files`
+    """
     ra = rng.uniform(0, 360, n) if ra0 is None else (ra0 + rng.normal(0, 0.15, n)) % 360
     dec = (np.degrees(np.arcsin(rng.uniform(-0.5, 1.0, n))) if dec0 is None
            else np.clip(dec0 + rng.normal(0, 0.15, n), -89.9, 89.9))
@@ -50,7 +53,10 @@ EXCLUDED_STAR = "2M19203303+3755558"
 
 
 def build_catalogue(p: SurveyParams) -> tuple[pd.DataFrame, dict, pd.DataFrame]:
-    """allStar table, truth arrays and OCCAM member table (all stars, catalogue order)."""
+    """allStar table, truth arrays and OCCAM member table (all stars, catalogue order).
+
+    Book: {ref}`ch-survey`
+    """
     model = chem.chemical_model(p.n_latent, p.intrinsic_scatter)
     geom = np.random.default_rng([p.seed, STREAMS["geom"]])
     # --- field stars, grouped in fields and plates ---------------------------------

@@ -1,6 +1,6 @@
 """The chemical model of the synthetic survey: field and open-cluster labels.
 
-Book: chapter 2, 'The chemical model' (notebooks/02_survey.md).
+Book: {ref}`sec-chemical-model`
 
 A star's chemistry is written as a few *latent* coordinates plus a little
 element-by-element noise,
@@ -85,7 +85,7 @@ _LATENT_SCALES = (0.06, 0.045, 0.035, 0.03, 0.025, 0.02, 0.015, 0.012, 0.01, 0.0
 class ChemicalModel:
     """Linear latent-factor model of [X/Fe].
 
-    Book: chapter 2, 'The chemical model' (notebooks/02_survey.md).
+    Book: {ref}`sec-chemical-model`
 
     Attributes
     ----------
@@ -169,7 +169,7 @@ def chemical_model(n_latent: int = 4, intrinsic_scatter: float = 0.02,
                    seed: int = 2022) -> ChemicalModel:
     """The chemical model with ``n_latent`` dimensions (cached).
 
-    Book: chapter 2, 'The chemical model' (notebooks/02_survey.md).
+    Book: {ref}`sec-chemical-model`
 
     Parameters
     ----------
@@ -215,7 +215,7 @@ def chemical_model(n_latent: int = 4, intrinsic_scatter: float = 0.02,
 def load_cluster_table(path: str | Path | None = None) -> pd.DataFrame:
     """The 22 OCCAM open clusters of de Mijolla & Ness (2022) with their mean chemistry.
 
-    Book: chapter 2, 'Open clusters' (notebooks/02_survey.md).
+    Book: {ref}`sec-clusters`
 
     Parameters
     ----------
@@ -238,7 +238,7 @@ def load_cluster_table(path: str | Path | None = None) -> pd.DataFrame:
 def load_dr17_giant_labels() -> dict:
     """Labels of 20,000 real APOGEE DR17 red giants (``data/dr17_giant_labels.csv``).
 
-    Book: chapter 2, 'The chemical model' (notebooks/02_survey.md).
+    Book: {ref}`sec-chemical-model`
 
     A random subset of the DR17 giants inside 3800 < Teff < 5200 K, 1.2 < logg < 3.3
     (the survey's targeting box); its [Fe/H] percentiles and high-alpha fraction in the
@@ -260,7 +260,7 @@ def sample_field_labels(n: int, rng: np.random.Generator, model: ChemicalModel,
                         teff_range=(3800.0, 5200.0), logg_range=(1.2, 3.3)) -> dict:
     """True labels of ``n`` field giants.
 
-    Book: chapter 2, 'The chemical model' (notebooks/02_survey.md).
+    Book: {ref}`sec-chemical-model`
 
     Teff, logg, [Fe/H] and [alpha/M] are resampled (with small jitter) from real DR17
     red giants (:func:`load_dr17_giant_labels`) inside ``teff_range`` x ``logg_range``
@@ -306,7 +306,7 @@ def giant_branch(n: int, feh: float, rng: np.random.Generator,
                  logg_range=(1.0, 3.6), clump_fraction: float = 0.3) -> tuple:
     """Teff and logg of ``n`` cluster giants along a red-giant branch plus a red clump.
 
-    Book: chapter 2, 'Open clusters' (notebooks/02_survey.md).
+    Book: {ref}`sec-clusters`
 
     The branch is Teff = 4620 + 330 (logg - 2.5) - 280 [Fe/H] K with 40 K scatter; clump
     stars sit at logg 2.45 +- 0.08, 80 K hotter.  Members spread across and beyond the
@@ -339,7 +339,7 @@ def sample_cluster_labels(clusters: pd.DataFrame, model: ChemicalModel,
                           ) -> pd.DataFrame:
     """True labels of cluster members and of field contaminants seen towards clusters.
 
-    Book: chapter 2, 'Open clusters' (notebooks/02_survey.md).
+    Book: {ref}`sec-clusters`
 
     Each cluster gets Poisson(``member_factor * NUM_STARS``) true members (at least 6) spread
     along a giant branch (:func:`giant_branch`). The cluster's latent vector is projected
@@ -410,7 +410,7 @@ def measure_labels(teff, logg, feh, x_fe, snr, rng: np.random.Generator, *,
                    synthetic_gap: float = 0.03, gap_seed: int = 7) -> dict:
     """ASPCAP-like derived labels: truth + S/N-dependent noise + Teff/logg systematics.
 
-    Book: chapter 2, 'What ASPCAP would measure' (notebooks/02_survey.md).
+    Book: {ref}`sec-measured`
 
     For element e the measured [X/H] is
 
@@ -464,7 +464,7 @@ def measure_labels(teff, logg, feh, x_fe, snr, rng: np.random.Generator, *,
 def missing_mask(n: int, snr, rng: np.random.Generator, fraction: float) -> np.ndarray:
     """Which measured abundances are missing (-9999.99), shape (n, n_elem) of bool.
 
-    Book: chapter 2, 'What ASPCAP would measure' (notebooks/02_survey.md).
+    Book: {ref}`sec-measured`
 
     About ``fraction`` of the stars (more at low S/N) lose one to three abundances, weak
     lines (Na, V, Co, Cu, Ce, TiII) more often; Fe is never missing.

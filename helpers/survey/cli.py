@@ -214,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def add_generate_arguments(parser) -> None:
     """Add ``--n-field``, ``--seed``, ``--out`` and one option per SurveyParams field.
 
-    Book: chapter 2, 'A survey of our own' (notebooks/02_survey.md).
+    Book: {ref}`ch-survey`
     """
     parser.add_argument("--out", default=None,
                         help="output folder (default: <cache>/surveys/<key>)")
@@ -244,7 +244,7 @@ def add_generate_arguments(parser) -> None:
 def run_generate(args) -> int:
     """Run the ``generate`` command from parsed arguments; prints the survey folder.
 
-    Book: chapter 2, 'A survey of our own' (notebooks/02_survey.md).
+    Book: {ref}`ch-survey`
     """
     kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(SurveyParams)
           if getattr(args, f.name, None) is not None}

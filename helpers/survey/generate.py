@@ -52,7 +52,7 @@ OCCAM_DIR = ("dr16", "apogee", "vac", "apogee-occam")
 def survey_dir(params: SurveyParams) -> Path:
     """Default folder of a survey: ``cache_dir('surveys', params.key())``.
 
-    Book: chapter 2, 'A survey of our own' (notebooks/02_survey.md).
+    Book: {ref}`ch-survey`
     """
     return cache_dir("surveys", create=False) / params.key()
 
@@ -60,7 +60,7 @@ def survey_dir(params: SurveyParams) -> Path:
 def is_complete_survey(path, params: SurveyParams | None = None) -> bool:
     """Whether ``path`` holds a complete survey (of ``params``, when given).
 
-    Book: chapter 2, 'A survey of our own' (notebooks/02_survey.md).
+    Book: {ref}`ch-survey`
     """
     m = Path(path) / SURVEY_MANIFEST
     if not m.is_file():
@@ -82,7 +82,7 @@ def generate_survey(params: SurveyParams | None = None, out_dir=None, progress: 
                     overwrite: bool = False, n_threads: int | None = None) -> Path:
     """Generate (or reuse) a synthetic survey; returns its folder.
 
-    Book: chapter 2, 'A survey of our own' (notebooks/02_survey.md).
+    Book: {ref}`ch-survey`
 
     Layout of the folder::
 

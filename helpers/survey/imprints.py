@@ -1,6 +1,6 @@
 """Measuring the synthetic survey's imprints against its ground truth.
 
-Book: chapter 2, 'A survey of our own' (notebooks/02_survey.md).
+Book: {ref}`ch-survey`
 
 The survey's generator (:mod:`helpers.survey.generate`) knows every star's noise-free stellar
 spectrum; subtracting it from the observed one leaves only what is *not* the star's
@@ -25,7 +25,7 @@ __all__ = ["noise_free_spectra", "band_equivalent_width", "velocity_binned_resid
 def noise_free_spectra(survey, rows) -> np.ndarray:
     """The noise-free rest-frame stellar spectra of some stars of a synthetic survey.
 
-    Book: chapter 2, 'What is true and what is measured' (notebooks/02_survey.md).
+    Book: {ref}`sec-truth`
 
     The Cannon spectrum of the star's true Teff, logg and [Fe/H] times its true element
     responses -- the spectrum before any interstellar, atmospheric or instrumental
@@ -56,7 +56,7 @@ def band_equivalent_width(flux, error, model, centre: float, shift_kms, half_wid
                           max_error: float = 0.05) -> np.ndarray:
     """Equivalent width of an absorption band measured against each star's own model.
 
-    Book: chapter 2, 'Interstellar bands' (notebooks/02_survey.md).
+    Book: {ref}`sec-dibs`
 
     :math:`W = \\sum_j (1 - f_j / m_j)\\, \\Delta\\lambda_j` over the pixels within
     ``half_width`` of the band centre Doppler-shifted by ``shift_kms``; pixels with an
@@ -103,7 +103,7 @@ def velocity_binned_residuals(residual, weight, vhelio, centre: float, half_widt
                               bins=None) -> tuple:
     """Mean residual around an observed-frame line, in bins of the stars' velocity.
 
-    Book: chapter 2, 'Residuals of the Earth's atmosphere' (notebooks/02_survey.md).
+    Book: {ref}`sec-atmosphere`
 
     A sky or telluric line sits at a fixed *observed* wavelength; in a star's rest frame it
     appears at ``centre / (1 + v / c)``.  Averaging the (signed) residuals of stars with
@@ -153,7 +153,7 @@ def velocity_binned_residuals(residual, weight, vhelio, centre: float, half_widt
 def observed_frame_mask(vhelio, half_width: float = 1.2) -> np.ndarray:
     """Pixels near any telluric or sky line, in each star's rest frame.
 
-    Book: chapter 2, 'Noise and bad pixels' (notebooks/02_survey.md).
+    Book: {ref}`sec-noise`
 
     Parameters
     ----------

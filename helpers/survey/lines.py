@@ -33,7 +33,7 @@ def _read_table(name: str) -> pd.DataFrame:
 def load_element_lines() -> pd.DataFrame:
     """Line positions behind the element responses (``data/element_lines.csv``).
 
-    Book: chapter 2, 'Lines that respond to each element' (notebooks/02_survey.md).
+    Book: {ref}`sec-spectrum-model`
 
     Returns
     -------
@@ -47,7 +47,7 @@ def load_element_lines() -> pd.DataFrame:
 def true_dib_windows() -> pd.DataFrame:
     """The injected diffuse interstellar bands (``data/dibs.csv``).
 
-    Book: chapter 3, 'Masking the interstellar medium' (notebooks/03_masking.md).
+    Book: {ref}`sec-dibs`
 
     Returns
     -------
@@ -61,7 +61,7 @@ def true_dib_windows() -> pd.DataFrame:
 def telluric_lines() -> pd.DataFrame:
     """Telluric absorption lines whose residuals are injected (observed frame).
 
-    Book: chapter 3, 'Masking the interstellar medium' (notebooks/03_masking.md).
+    Book: {ref}`sec-atmosphere`
 
     Returns
     -------
@@ -74,7 +74,7 @@ def telluric_lines() -> pd.DataFrame:
 def sky_lines() -> pd.DataFrame:
     """Airglow lines whose residuals are injected (observed frame): wave_vac (A), species.
 
-    Book: chapter 3, 'Masking the interstellar medium' (notebooks/03_masking.md).
+    Book: {ref}`sec-atmosphere`
     """
     return _read_table("sky_lines.csv")
 
@@ -121,7 +121,7 @@ def element_templates(grid: str = "apogee", resolution: float = 22500.0,
                       wmax: float = 17950.0) -> tuple:
     """Optical-depth templates of the element responses.
 
-    Book: chapter 2, 'Lines that respond to each element' (notebooks/02_survey.md).
+    Book: {ref}`sec-spectrum-model`
 
     Template :math:`\\tau_e(\\lambda)` is a sum of Gaussians (FWHM lambda/R) at element
     e's line positions (:func:`load_element_lines`), with peak optical depth from the
@@ -150,7 +150,10 @@ def element_templates(grid: str = "apogee", resolution: float = 22500.0,
 
 @functools.lru_cache(maxsize=2)
 def observed_frame_templates(resolution: float) -> tuple:
-    """Telluric depth and unit sky-line templates on the APOGEE grid, (n_pix,) each."""
+    """Telluric depth and unit sky-line templates on the APOGEE grid, (n_pix,) each.
+
+    Book: {ref}`sec-atmosphere`
+    """
     wave = apogee.wavelength_grid()
     t = telluric_lines()
     tell = _gaussian_lines(wave, t.wave_vac.to_numpy(float), t.depth.to_numpy(float),

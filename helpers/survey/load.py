@@ -25,7 +25,7 @@ __all__ = ["Survey", "load_survey"]
 class Survey:
     """A generated synthetic survey, opened lazily.
 
-    Book: chapter 2, 'A survey of our own' (notebooks/02_survey.md).
+    Book: {ref}`ch-survey`
 
     Attributes
     ----------
@@ -142,7 +142,7 @@ class Survey:
 def load_survey(path_or_params) -> Survey:
     """Open a generated survey by folder or by its parameters.
 
-    Book: chapter 2, 'A survey of our own' (notebooks/02_survey.md).
+    Book: {ref}`ch-survey`
 
     Parameters
     ----------

@@ -14,7 +14,10 @@ __all__ = ["jwst_spectra", "select_jwst"]
 
 def jwst_spectra(p: SurveyParams, rows: np.ndarray, jrows: np.ndarray, truth: dict,
                   nmodels) -> np.ndarray:
-    """NIRSpec-like spectra of catalogue rows ``rows`` (JWST rows ``jrows``), float32."""
+    """NIRSpec-like spectra of catalogue rows ``rows`` (JWST rows ``jrows``), float32.
+
+    Book: {ref}`sec-jwst`
+    """
     nir, ntau, nwave, gap, jsnr = nmodels
     t = truth
     f = cannon_flux(nir, t["TEFF"][rows], t["LOGG"][rows], t["FE_H"][rows])

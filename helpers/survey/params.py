@@ -36,7 +36,7 @@ STREAMS = dict(zip(("field", "cluster", "geom", "meas", "spec", "jwstsel", "jwst
 class SurveyParams:
     """Every knob of the synthetic survey, with a realistic default.
 
-    Book: chapter 2, 'A survey of our own' (notebooks/02_survey.md).
+    Book: {ref}`ch-survey`
 
     Attributes
     ----------
@@ -231,7 +231,7 @@ class SurveyParams:
 def paper_scale_params(**overrides) -> SurveyParams:
     """Parameters at the RSCA paper's scale: ~151,000 selected field giants, 19,000 JWST.
 
-    Book: chapter 2, 'A survey of our own' (notebooks/02_survey.md).
+    Book: {ref}`ch-survey`
     """
     kw = dict(n_field=238_400, n_jwst=19_000)
     kw.update(overrides)

@@ -44,7 +44,10 @@ AV_PER_AK = 8.8
 
 @functools.lru_cache(maxsize=1)
 def error_profile() -> np.ndarray:
-    """Relative pixel error across the detector (median 1, higher at chip edges)."""
+    """Relative pixel error across the detector (median 1, higher at chip edges).
+
+    Book: {ref}`sec-noise`
+    """
     prof = np.zeros(apogee.N_PIXELS)
     for sl in apogee.CHIPS.values():
         n = sl.stop - sl.start
@@ -85,6 +88,8 @@ def apply_elements(flux: np.ndarray, x_fe: np.ndarray, tau: np.ndarray,
                     scale: float) -> None:
     """Multiply ``flux`` (n, n_pix) in place by exp(-sum_e (10^[X/Fe] - 1) tau_e).
 
+    Book: {ref}`sec-labels-spectra`
+
     ``x_fe`` is (n, 21) in :data:`helpers.chemistry.ELEMENTS` order; ``tau`` (20, n_pix)
     from :func:`element_templates`.  Only pixels where some template exceeds 1e-5 are
     touched (about a quarter of the APOGEE grid).
@@ -106,6 +111,8 @@ def apply_dibs(flux: np.ndarray, wave: np.ndarray, ew: np.ndarray,
                 shift_kms: np.ndarray) -> None:
     """Multiply ``flux`` (n, n_pix) in place by exp(-tau) of all DIBs: Gaussians of
     equivalent width ``ew * strength_rel`` (A) at the band centres Doppler-shifted by
+
+    Book: {ref}`sec-dibs`
     ``shift_kms`` (n,) km/s."""
     if not np.any(ew > 0):
         return
@@ -123,7 +130,10 @@ def apply_dibs(flux: np.ndarray, wave: np.ndarray, ew: np.ndarray,
 
 
 def plate_pattern(seed: int, plate: int, amplitude: float) -> np.ndarray:
-    """Smooth detector-fixed pattern shared by the stars of one plate, (n_pix,)."""
+    """Smooth detector-fixed pattern shared by the stars of one plate, (n_pix,).
+
+    Book: {ref}`sec-plates`
+    """
     rng = np.random.default_rng([seed, STREAMS["plate"], int(plate)])
     x = np.arange(apogee.N_PIXELS, dtype=float)
     out = np.zeros(apogee.N_PIXELS)
@@ -143,13 +153,18 @@ _SHIFT_QUANTUM = 0.05  # pixels (0.2 km/s on the APOGEE grid)
 
 
 def shift_index(v_kms: np.ndarray) -> np.ndarray:
-    """Quantised rest-frame pixel shift of observed-frame features for velocities v."""
+    """Quantised rest-frame pixel shift of observed-frame features for velocities v.
+
+    Book: {ref}`sec-atmosphere`
+    """
     shift = np.log10(1.0 + np.asarray(v_kms, float) / C_KMS) / apogee.CDELT1
     return np.round(shift / _SHIFT_QUANTUM).astype(np.int64)
 
 
 def shift_bank(template: np.ndarray, q: np.ndarray) -> tuple:
     """``template`` sampled at pixel i + q * 0.05 for each distinct q.
+
+    Book: {ref}`sec-atmosphere`
 
     Returns (unique q, bank (n_unique, n_pix) float32); row k of the bank is the template
     as seen in the rest frame of a star with shift index ``uq[k]`` (linear
@@ -167,7 +182,7 @@ def synthesize_apogee(teff, logg, feh, x_fe, *, resolution: float = 22500.0,
                       element_response: float = 1.0) -> np.ndarray:
     """Noise-free rest-frame APOGEE spectra of given labels (Cannon x element responses).
 
-    Book: chapter 2, 'Lines that respond to each element' (notebooks/02_survey.md).
+    Book: {ref}`sec-spectrum-model`
 
     Parameters
     ----------
@@ -199,7 +214,7 @@ def synthesize_apogee(teff, logg, feh, x_fe, *, resolution: float = 22500.0,
 def dib_equivalent_width(ak, strength: float = 1.0) -> np.ndarray:
     """Equivalent width (A) of the 15273 A band for extinction AK (mag).
 
-    Book: chapter 2, 'Non-chemical imprints' (notebooks/02_survey.md).
+    Book: {ref}`sec-imprints`
 
     W = strength x 0.10 A x A_V with A_V = 8.8 A_K (Zasowski et al. 2015); 0 for AK <= 0.
     """
@@ -214,13 +229,18 @@ _OUT_OF_CHIP = (slice(0, apogee.CHIPS["blue"].start),
 
 
 def sky_bad_rate(sky_t: np.ndarray, inside: np.ndarray) -> float:
-    """Fraction of in-chip pixels given inflated errors near sky lines (half above 0.25)."""
+    """Fraction of in-chip pixels given inflated errors near sky lines (half above 0.25).
+
+    Book: {ref}`sec-noise`
+    """
     return 0.5 * float(np.mean(sky_t[inside] > 0.25))
 
 
 def synth_block(p: SurveyParams, b: int, n_stars: int, truth: dict, models,
                  keep_model: bool = True) -> dict:
     """Spectra of random-number block ``b`` (catalogue rows b*BLOCK ... (b+1)*BLOCK-1).
+
+    Book: {ref}`sec-spectrum-model`
 
     Returns dict of rows, flux, error, model (noise-free stellar spectrum, or None when
     ``keep_model`` is False), all (k, 8575) float32, and ``hard`` as (row, pixel) index
