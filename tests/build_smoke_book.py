@@ -2,7 +2,9 @@
 
 Third step of ``make test``: a staging copy of the book whose chapters are the
 executed ``.ipynb`` (execution off), built with ``-W --keep-going`` so that a
-broken page, a missing figure, citation or cross-reference fails the tests.
+broken page, a missing figure, citation or cross-reference fails the tests.  The built
+HTML is then checked to show its equations without a network: every page with math loads
+MathJax from the build itself, never from a CDN (``tests/book_checks.py``).
 
 Usage: python tests/build_smoke_book.py tests/_executed
 """
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from book_checks import offline_math_problems
 from notebook_tools import REPO, chapters
 
 
@@ -50,7 +53,13 @@ def main(executed: Path) -> int:
         print(f"build reported success but {index} is missing", file=sys.stderr)
         return 1
     print(f"smoke book: exit {result.returncode}, {index}")
-    return result.returncode
+    if result.returncode:
+        return result.returncode
+    problems = offline_math_problems(index.parent)
+    for p in problems:
+        print(f"offline math: {p}", file=sys.stderr)
+    print(f"offline math: {'FAILED' if problems else 'every page with math loads MathJax from the build'}")
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":
