@@ -18,7 +18,7 @@ SMOKE_PARAMS = Path(__file__).with_name("smoke_params.yml")
 
 def chapters() -> list[Path]:
     """Every chapter source ``notebooks/NN_topic.md``, in order."""
-    return sorted(p for p in NOTEBOOKS.glob("[0-9][0-9]_*.md"))
+    return sorted(p for p in NOTEBOOKS.glob("[0-9][0-9]*_*.md"))
 
 
 def read_chapter(path: Path):

@@ -83,7 +83,7 @@ def test_chapter_source_validation(tmp_path):
         chapter_source(apogee_cache=tmp_path / "nope", occam_members_file=tmp_path / "nope2")
     with pytest.raises(ValueError, match="n_field"):
         chapter_source(n_field=10)
-    assert chapter_source(n_field=238_400).n_jwst == 19_000
+    assert chapter_source(n_field=238_400).jwst_count(10 ** 6) == 19_000
 
 
 def test_mask_params_validation():

@@ -135,3 +135,41 @@ def test_killed_build_is_never_read_as_complete(tmp_path):
     # the next build succeeds and removes the dead build's leftovers
     c = sc.build_spectra_cache(df, out, paths=list(df.PATH), n_jobs=1, progress=False)
     assert len(c) == 4 and not list(tmp_path.glob(".cache.building-*"))
+
+
+def test_generate_small_survey(tmp_path, capsys):
+    """The command a new user tries first works: the twins scale with the survey."""
+    from helpers.survey import load_survey
+    out = tmp_path / "survey"
+    rc = survey.main(["generate", "--n-field", "600", "--seed", "3", "--out", str(out),
+                      "--no-progress", "--n-files", "5"])
+    assert rc == 0, capsys.readouterr().err
+    s = load_survey(out)
+    assert s.manifest["n_jwst"] == round(19_000 * 600 / 238_400)
+    assert s.jwst["flux"].shape[0] == s.jwst["error"].shape[0] == s.manifest["n_jwst"]
+
+
+@pytest.mark.parametrize("args,names", [
+    (["--jwst-resolution", "50000"], "jwst_resolution"),
+    (["--jwst-wmax", "25000"], "jwst_wmax"),
+    (["--jwst-gap", "sideways"], "jwst-gap"),
+    (["--n-jwst", "5000"], "n_jwst"),
+    (["--n-field", "0"], "n_field"),
+    (["--n-field", "200"], "n_field"),            # too few field stars for the clusters
+])
+def test_generate_errors_are_one_clear_line(tmp_path, capsys, args, names):
+    argv = ["generate", "--n-field", "600", "--out", str(tmp_path / "s"), "--no-progress"]
+    rc = survey.main(argv + args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) == 1 and err[0].startswith("error:") and names in err[0], err
+    assert not (tmp_path / "s").exists()
+
+
+def test_generate_refuses_a_folder_that_is_not_a_survey(tmp_path, capsys):
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "notes.txt").write_text("mine")
+    rc = survey.main(["generate", "--n-field", "600", "--out", str(tmp_path / "s"),
+                      "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "not a synthetic survey" in err[0]

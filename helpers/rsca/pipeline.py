@@ -221,9 +221,8 @@ def chapter_source(n_field: int = PAPER_N_FIELD, survey_seed: int = 42, apogee_c
         return {"cache": Path(apogee_cache), "occam_members": Path(occam_members_file)}
     if int(n_field) != n_field or n_field < 1000:
         raise ValueError(f"n_field must be an integer >= 1000, got {n_field!r}")
-    # JWST twins scale with the survey (19,000 at paper scale) so that every chapter,
-    # RSCA or StarCLIP, shares one survey for one (n_field, survey_seed).
-    survey_overrides.setdefault("n_jwst", max(100, round(19_000 * n_field / PAPER_N_FIELD)))
+    # JWST twins scale with the survey (SurveyParams.n_jwst=None: 19,000 at paper scale),
+    # so every chapter, RSCA or StarCLIP, shares one survey per (n_field, survey_seed).
     return SurveyParams(n_field=int(n_field), seed=int(survey_seed), **survey_overrides)
 
 

@@ -13,7 +13,7 @@ from helpers.survey import chemistry as chem
 from helpers.survey.params import STREAMS, SurveyParams
 from helpers.survey.spectrum import dib_equivalent_width
 
-__all__ = ["twomass_ids", "EXCLUDED_STAR", "build_catalogue", "occam_cluster_table"]
+__all__ = ["cluster_plates", "twomass_ids", "EXCLUDED_STAR", "build_catalogue", "occam_cluster_table"]
 
 
 def twomass_ids(n: int, rng: np.random.Generator, ra0=None, dec0=None) -> np.ndarray:
@@ -50,6 +50,58 @@ def _unique_ids(ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 EXCLUDED_STAR = "2M19203303+3755558"
+
+
+def cluster_plates(sizes, field_count, cap: int, rng: np.random.Generator,
+                    n_field: int) -> np.ndarray:
+    """Field plates for the stars towards each cluster, concatenated in cluster order.
+
+    Book: {ref}`sec-clusters`
+
+    A cluster's stars go, ``cap`` at most per plate, onto randomly chosen field plates
+    that no other cluster uses; every plate keeps more field stars than cluster stars. In
+    a survey too small for that, plates are shared and the cap grows up to that limit.
+    """
+    sizes = [int(x) for x in sizes]
+    room = np.maximum(np.asarray(field_count, int) - 1, 0)  # strict field majority
+    for c in (cap, 2 * cap, 4 * cap, 8 * cap, int(room.max(initial=0))):
+        left = np.minimum(room, c)
+        order = list(rng.permutation(left.size))
+        out = []
+        for n in sizes:
+            plates = []
+            while n > 0 and order:
+                k = order[0]
+                take = min(n, int(left[k]))
+                plates += [k] * take
+                left[k] -= take
+                n -= take
+                order.pop(0)  # a plate serves one cluster, unless the survey is too small
+            if n > 0:
+                break
+            out.append(np.array(plates, int))
+        else:
+            return np.concatenate(out) if out else np.zeros(0, int)
+        # too small: let clusters share plates (still a field majority on each)
+        left = np.minimum(room, c)
+        out = []
+        for n in sizes:
+            plates = []
+            for k in rng.permutation(left.size):
+                take = min(n, int(left[k]))
+                plates += [int(k)] * take
+                left[k] -= take
+                n -= take
+                if n <= 0:
+                    break
+            if n > 0:
+                break
+            out.append(np.array(plates, int))
+        else:
+            return np.concatenate(out)
+    raise ValueError(f"SurveyParams.n_field={n_field}: too few field stars to observe the "
+                     f"{sum(sizes)} stars towards the 22 clusters on plates dominated by field "
+                     f"giants; raise n_field or set include_clusters=False")
 
 
 def build_catalogue(p: SurveyParams) -> tuple[pd.DataFrame, dict, pd.DataFrame]:
@@ -107,20 +159,29 @@ def build_catalogue(p: SurveyParams) -> tuple[pd.DataFrame, dict, pd.DataFrame]:
         c_ak = np.empty(n_c)
         c_vism = np.empty(n_c)
         c_ids = np.empty(n_c, dtype=object)
-        next_plate = n_plates
+        cluster_sel = []
         for j, row in table.iterrows():
             sel = np.flatnonzero(cl.CLUSTER.to_numpy() == row.NAME)
+            cluster_sel.append(sel)
             name = row.NAME.replace("NGC ", "N").replace(" ", "")
             c_field[sel] = name
-            c_plate[sel] = next_plate + np.arange(sel.size) // p.stars_per_plate
-            next_plate = int(c_plate[sel].max()) + 1
             ak0 = 0.03 + 0.4 * np.exp(-abs(row.GLAT) / 4.0)
             c_ak[sel] = ak0 * np.exp(0.1 * crng.standard_normal(sel.size))
             c_vism[sel] = p.ism_velocity_sigma * crng.standard_normal()
             ra0 = crng.uniform(0, 360)
             dec0 = crng.uniform(-30, 70)
             c_ids[sel] = twomass_ids(sel.size, crng, ra0, dec0)
-        n_plates = next_plate
+        # cluster stars share field plates: a cluster's field is observed with plates
+        # that also carry field giants, so no plate is a cluster label (issue 13)
+        c_plate[np.concatenate(cluster_sel)] = cluster_plates(
+            [s_.size for s_ in cluster_sel], np.bincount(plate_of, minlength=n_plates),
+            p.cluster_members_per_plate, np.random.default_rng([p.seed, STREAMS["plate"], 1]),
+            p.n_field)
+        for sel in cluster_sel:  # the field giants on a cluster's plates lie in its field
+            on = np.isin(plate_of, np.unique(c_plate[sel]))
+            cols["FIELD"] = np.where(on, c_field[sel[0]], cols["FIELD"])
+            cols["TELESCOPE"] = np.where(on, "apo25m", cols["TELESCOPE"])
+        frames[0] = pd.DataFrame(cols)
         teff = np.concatenate([teff, cl.teff.to_numpy()])
         logg = np.concatenate([logg, cl.logg.to_numpy()])
         feh = np.concatenate([feh, cl.feh.to_numpy()])

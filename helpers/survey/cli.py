@@ -226,8 +226,13 @@ def add_generate_arguments(parser) -> None:
     for f in dataclasses.fields(SurveyParams):
         opt = "--" + f.name.replace("_", "-")
         hlp = f"SurveyParams.{f.name} (default {f.default})"
-        if f.type in ("tuple", "tuple | None") or isinstance(f.default, tuple) or \
-                f.name == "jwst_gap":
+        if f.name == "jwst_gap":
+            parser.add_argument(opt, nargs="+", default=None, metavar="GAP",
+                                help=f"{hlp}: 'msa', 'none', or START END in A")
+        elif f.name == "n_jwst":
+            parser.add_argument(opt, type=int, default=None,
+                                help=f"{hlp}: twins; default 8%% of n_field")
+        elif f.type in ("tuple", "tuple | None") or isinstance(f.default, tuple):
             parser.add_argument(opt, type=float, nargs=2, default=None, metavar=("LO", "HI"),
                                 help=hlp)
         elif isinstance(f.default, bool):
@@ -249,14 +254,29 @@ def run_generate(args) -> int:
     kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(SurveyParams)
           if getattr(args, f.name, None) is not None}
     try:
+        if "jwst_gap" in kw:
+            kw["jwst_gap"] = _parse_gap(kw["jwst_gap"])
         params = paper_scale_params(**kw) if args.paper_scale else SurveyParams(**kw)
-    except ValueError as exc:
+        out = generate_survey(params, args.out, progress=not args.no_progress,
+                              overwrite=args.overwrite)
+    except (ValueError, TypeError, OSError) as exc:  # bad input: one line, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    out = generate_survey(params, args.out, progress=not args.no_progress,
-                          overwrite=args.overwrite)
     print(out)
     return 0
+
+
+def _parse_gap(words):
+    """``--jwst-gap`` words: 'msa', 'none', or two wavelengths (A)."""
+    if len(words) == 1 and words[0].lower() in ("msa", "none"):
+        return None if words[0].lower() == "none" else "msa"
+    if len(words) == 2:
+        try:
+            return float(words[0]), float(words[1])
+        except ValueError:
+            pass
+    raise ValueError(f"--jwst-gap {' '.join(words)}: expected 'msa', 'none' or two "
+                     f"wavelengths in A")
 
 
 def _configure_generate(p: argparse.ArgumentParser):

@@ -34,8 +34,11 @@ from helpers.paths import cache_dir
 from helpers.spectra.cannon import apogee_model, nirspec_grid, nirspec_model
 from helpers.survey import chemistry as chem
 from helpers.survey.catalogue import build_catalogue, occam_cluster_table
-from helpers.survey.lines import element_templates, observed_frame_templates
-from helpers.survey.nirspec import jwst_spectra, select_jwst
+from helpers.survey.linephysics import line_physics, reference_pattern
+from helpers.survey.lines import observed_frame_templates
+from helpers.survey.mismatch import mismatch_coefficients
+from helpers.survey.nirspec import draw_detector_gaps
+from helpers.survey.twins import jwst_spectra, select_jwst, twin_profile
 from helpers.survey.params import BLOCK, GENERATOR_VERSION, STREAMS, SurveyParams
 from helpers.survey.spectrum import (error_profile, shift_bank, shift_index, sky_bad_rate,
                                      synth_block)
@@ -91,7 +94,8 @@ def generate_survey(params: SurveyParams | None = None, out_dir=None, progress: 
         sas/dr16/apogee/spectro/aspcap/r12/l33/{TELESCOPE}/{FIELD}/aspcapStar-r12-*.fits
         sas/dr16/apogee/vac/apogee-occam/occam_member-DR16.fits, occam_cluster-DR16.fits
         cache/                            spectra cache of every allStar row
-        jwst/flux.npy, wavelength.npy, apogee_ids.npy, rows.npy, snr.npy
+        jwst/flux.npy, error.npy, wavelength.npy, apogee_ids.npy, rows.npy, snr.npy,
+             gap.npy, shutter_column.npy, shutter_quadrants.npy
         truth.npz                         the ground truth
 
     The survey is cached by its parameters: if ``out_dir`` already holds a complete survey
@@ -161,30 +165,37 @@ def generate_survey(params: SurveyParams | None = None, out_dir=None, progress: 
                       np.flatnonzero(~truth["IN_OCCAM_FILE"])]
         has_file = np.zeros(n, bool)
         has_file[order[:min(p.n_files, n)]] = True
-        jrows = select_jwst(p, truth) if p.n_jwst else np.zeros(0, int)
-        jsnr = (p.jwst_snr_median * np.exp(0.3 * np.random.default_rng(
-            [p.seed, STREAMS["jwst"]]).standard_normal(jrows.size))).astype(np.float32)
+        jrows = select_jwst(p, truth) if p.n_jwst != 0 else np.zeros(0, int)
+        n_jwst = int(jrows.size)
+        jrng = np.random.default_rng([p.seed, STREAMS["jwst"]])
+        jsnr = (p.jwst_snr_median * np.exp(0.3 * jrng.standard_normal(n_jwst))
+                ).astype(np.float32)
         apo = apogee_model(22500.0)
-        _, tau = element_templates("apogee", 22500.0)
+        physics = line_physics("apogee", 22500.0)
         tell_t, sky_t = observed_frame_templates(22500.0)
         q = shift_index(truth["VHELIO_TRUE"])
         uq, tell_bank = shift_bank(tell_t, q)
         _, sky_bank = shift_bank(sky_t, q)
-        models = (apo, tau, error_profile(), apogee.chip_mask(), apogee.wavelength_grid(),
+        models = (apo, physics, error_profile(), apogee.chip_mask(), apogee.wavelength_grid(),
                   (uq, q), tell_bank, sky_bank,
                   sky_bad_rate(sky_t, apogee.chip_mask()) if p.bad_pixel_rate > 0 else 0.0)
         jdir = tmp / "jwst"
         jdir.mkdir()
-        if p.n_jwst:
+        gaps, shutters = None, None
+        if p.jwst_gap == "msa":
+            shutters = draw_detector_gaps(n_jwst, jrng)
+            gaps = np.column_stack([shutters["gap_start"], shutters["gap_end"]])
+        elif p.jwst_gap is not None:
+            gaps = np.tile(np.asarray(p.jwst_gap, float), (n_jwst, 1))
+        if n_jwst:
             nir = nirspec_model(p.jwst_resolution, p.jwst_n_pixels, p.jwst_wmin, p.jwst_wmax)
-            _, ntau = element_templates("nirspec", p.jwst_resolution, p.jwst_n_pixels,
-                                        p.jwst_wmin, p.jwst_wmax)
-            gap = None
-            if p.jwst_gap is not None:
-                gap = (nir.wavelength >= p.jwst_gap[0]) & (nir.wavelength <= p.jwst_gap[1])
-            nmodels = (nir, ntau, nir.wavelength, gap, jsnr)
+            nphys = line_physics("nirspec", p.jwst_resolution, p.jwst_n_pixels, p.jwst_wmin,
+                                 p.jwst_wmax)
+            nmodels = (nir, nphys, nir.wavelength, gaps, jsnr, twin_profile(nir.wavelength))
             jflux = open_memmap(jdir / "flux.npy", mode="w+", dtype=np.float32,
-                                shape=(p.n_jwst, p.jwst_n_pixels))
+                                shape=(n_jwst, p.jwst_n_pixels))
+            jerr = open_memmap(jdir / "error.npy", mode="w+", dtype=np.float32,
+                               shape=(n_jwst, p.jwst_n_pixels))
         pbar = None
         if _progress(progress):
             # imported only when a bar is shown: in a Jupyter kernel without ipywidgets the
@@ -203,7 +214,7 @@ def generate_survey(params: SurveyParams | None = None, out_dir=None, progress: 
 
             def work(blk):
                 res = synth_block(p, blk, n, truth, models, keep_model=blk in file_blocks)
-                if p.n_jwst:
+                if n_jwst:
                     r = res["rows"]
                     lo, hi = np.searchsorted(jrows, [r[0], r[-1] + 1])
                     res["jwst"] = (lo, hi, jwst_spectra(p, jrows[lo:hi], np.arange(lo, hi),
@@ -230,9 +241,10 @@ def generate_survey(params: SurveyParams | None = None, out_dir=None, progress: 
                                 "FE_H": float(allstar.FE_H[r]), "SNR": float(allstar.SNR[r])}))
                 while len(file_jobs) > 64:  # bound the spectra held for pending files
                     file_jobs.popleft().result()
-                if p.n_jwst and s["jwst"][2] is not None:
-                    lo, hi, jf = s["jwst"]
+                if n_jwst and s["jwst"][2] is not None:
+                    lo, hi, (jf, je) = s["jwst"]
                     jflux[lo:hi] = jf
+                    jerr[lo:hi] = je
                 del s
                 if pbar is not None:
                     pbar.update(rows.size)
@@ -241,14 +253,20 @@ def generate_survey(params: SurveyParams | None = None, out_dir=None, progress: 
         if pbar is not None:
             pbar.close()
         timings["spectra_s"] = time.perf_counter() - t1
-        if p.n_jwst:
+        if n_jwst:
             jflux.flush()
-            del jflux
+            jerr.flush()
+            del jflux, jerr
             np.save(jdir / "wavelength.npy", nir.wavelength)
         else:
             np.save(jdir / "flux.npy", np.zeros((0, p.jwst_n_pixels), np.float32))
+            np.save(jdir / "error.npy", np.zeros((0, p.jwst_n_pixels), np.float32))
             np.save(jdir / "wavelength.npy", nirspec_grid(p.jwst_n_pixels, p.jwst_wmin,
                                                           p.jwst_wmax))
+        np.save(jdir / "gap.npy", gaps if gaps is not None else np.zeros((n_jwst, 0)))
+        if shutters is not None:
+            np.save(jdir / "shutter_column.npy", shutters["shutter_column"])
+            np.save(jdir / "shutter_quadrants.npy", shutters["quadrants"].astype(str))
         np.save(jdir / "rows.npy", jrows.astype(np.int64))
         np.save(jdir / "apogee_ids.npy", np.asarray(truth["APOGEE_ID"])[jrows].astype(str))
         np.save(jdir / "snr.npy", jsnr)
@@ -258,12 +276,14 @@ def generate_survey(params: SurveyParams | None = None, out_dir=None, progress: 
         tr["JWST_ROW"][jrows] = np.arange(jrows.size)
         tr["ELEMENTS"] = np.array(chem.ELEMENTS)
         tr["LATENT_SCALE"] = chem.chemical_model(p.n_latent, p.intrinsic_scatter).latent_scale
+        tr["X_FE_REF"] = reference_pattern(truth["FE_H"]).astype(np.float32)
+        tr["MISMATCH_COEF"] = mismatch_coefficients(truth["TEFF"], truth["LOGG"], truth["FE_H"])
         np.savez(tmp / "truth.npz", **{k: np.asarray(v) for k, v in tr.items()})
         timings["total_s"] = time.perf_counter() - t0
         manifest = {"complete": True, "key": p.key(), "generator_version": GENERATOR_VERSION,
                     "params": p.to_dict(), "n_stars": int(n), "n_field": int(p.n_field),
                     "n_occam_rows": int(len(occ)), "n_files": int(has_file.sum()),
-                    "n_jwst": int(jrows.size), "release": p.release,
+                    "n_jwst": n_jwst, "release": p.release,
                     "allstar": str(star_path.relative_to(tmp)), "timings": timings}
         (tmp / SURVEY_MANIFEST).write_text(json.dumps(manifest, indent=1))
         old = None

@@ -12,6 +12,7 @@ each one against the truth it was generated from.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from helpers import apogee
 from helpers.constants import C_KMS
@@ -19,23 +20,26 @@ from helpers.survey.lines import sky_lines, telluric_lines
 from helpers.survey.spectrum import synthesize_apogee
 
 __all__ = ["noise_free_spectra", "band_equivalent_width", "velocity_binned_residuals",
-           "observed_frame_mask"]
+           "observed_frame_mask", "plate_composition", "mismatch_of"]
 
 
-def noise_free_spectra(survey, rows) -> np.ndarray:
+def noise_free_spectra(survey, rows, include_mismatch: bool = True) -> np.ndarray:
     """The noise-free rest-frame stellar spectra of some stars of a synthetic survey.
 
     Book: {ref}`sec-truth`
 
-    The Cannon spectrum of the star's true Teff, logg and [Fe/H] times its true element
-    responses -- the spectrum before any interstellar, atmospheric or instrumental
-    imprint and before noise.
+    The Cannon spectrum of the star's true Teff, logg and [Fe/H] with its true element
+    responses and (by default) its model mismatch -- the spectrum before any
+    interstellar, atmospheric or instrumental imprint and before noise.
 
     Parameters
     ----------
     survey : helpers.survey.Survey
     rows : array_like of int, shape (n,)
         allStar rows.
+    include_mismatch : bool
+        Add the survey's model-mismatch term (:mod:`helpers.survey.mismatch`); without it the
+        spectrum is what the Cannon plus the chemistry predicts.
 
     Returns
     -------
@@ -49,7 +53,9 @@ def noise_free_spectra(survey, rows) -> np.ndarray:
     if rows.min() < 0 or rows.max() >= t["TEFF"].size:
         raise ValueError(f"rows must lie in [0, {t['TEFF'].size}), got {rows.min()}..{rows.max()}")
     return synthesize_apogee(t["TEFF"][rows], t["LOGG"][rows], t["FE_H"][rows], t["X_FE"][rows],
-                             element_response=survey.params.element_response)
+                             element_response=survey.params.element_response,
+                             mismatch_amplitude=(survey.params.mismatch_amplitude
+                                                 if include_mismatch else 0.0))
 
 
 def band_equivalent_width(flux, error, model, centre: float, shift_kms, half_width: float = 6.0,
@@ -181,3 +187,49 @@ def observed_frame_mask(vhelio, half_width: float = 1.2) -> np.ndarray:
         for a, b in zip(lo[i], hi[i]):
             out[i, a:b] = True
     return out
+
+
+def plate_composition(truth) -> pd.DataFrame:
+    """Who shares a plate with cluster stars: one row per plate holding any.
+
+    Book: {ref}`sec-clusters`
+
+    Parameters
+    ----------
+    truth : pandas.DataFrame
+        ``Survey.truth`` (PLATE_IDX, CLUSTER, IS_MEMBER).
+
+    Returns
+    -------
+    pandas.DataFrame
+        plate, n_cluster_stars (members and contaminants towards clusters), n_members,
+        n_field, clusters (comma-separated names), field_fraction.
+    """
+    plate = truth.PLATE_IDX.to_numpy()
+    towards = (truth.CLUSTER != "").to_numpy()
+    member = truth.IS_MEMBER.to_numpy(bool)
+    rows = []
+    for q in np.unique(plate[towards]):
+        on = plate == q
+        names = sorted(set(truth.CLUSTER.to_numpy()[on & towards]))
+        rows.append(dict(plate=int(q), n_cluster_stars=int((on & towards).sum()),
+                         n_members=int((on & member).sum()), n_field=int((on & ~towards).sum()),
+                         clusters=", ".join(names)))
+    df = pd.DataFrame(rows)
+    df["field_fraction"] = df.n_field / (df.n_field + df.n_cluster_stars)
+    return df
+
+
+def mismatch_of(survey, rows) -> np.ndarray:
+    """The model-mismatch term of some stars (the truth: ``MISMATCH_COEF``), (n, 8575).
+
+    Book: {ref}`sec-mismatch`
+
+    Returns
+    -------
+    ndarray, shape (n, 8575), float32
+        What the survey added to the Cannon + chemistry spectrum of each star.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    return (noise_free_spectra(survey, rows, include_mismatch=True)
+            - noise_free_spectra(survey, rows, include_mismatch=False))

@@ -15,10 +15,11 @@ import pandas as pd
 from helpers import apogee
 from helpers.apogee.cache_loader import load_spectra_cache
 from helpers.survey.generate import OCCAM_DIR, SURVEY_MANIFEST, is_complete_survey, survey_dir
+from helpers.survey.chemistry import load_cluster_table
 from helpers.survey.lines import sky_lines, telluric_lines, true_dib_windows
 from helpers.survey.params import SurveyParams
 
-__all__ = ["Survey", "load_survey"]
+__all__ = ["check_chapter_parameters", "Survey", "load_survey"]
 
 
 @dataclass
@@ -45,7 +46,8 @@ class Survey:
         DIB_EW (A, 15273 band), V_ISM, VHELIO_TRUE (km/s), PLATE, SNR_TRUE,
         TELLURIC_AMP, SKY_AMP, PERSISTENCE_AMP, STAR_BAD, HAS_FILE, JWST_ROW.
     jwst : dict
-        ``flux`` memmap (n_jwst, n_pix) float32, ``wavelength`` (n_pix,) A, ``apogee_ids``,
+        ``flux`` and ``error`` memmaps (n_jwst, n_pix) float32, ``gap`` (n_jwst, 2) A,
+        ``wavelength`` (n_pix,) A, ``apogee_ids``,
         ``rows`` (allStar rows), ``snr``.
     """
 
@@ -82,7 +84,10 @@ class Survey:
 
     @functools.cached_property
     def truth_arrays(self) -> dict:
-        """The raw truth arrays (``X_FE`` (n, 21), ``LATENT`` (n, K), ``MISSING`` ...)."""
+        """The raw truth arrays (``X_FE`` (n, 21), ``LATENT`` (n, K), ``MISSING``,
+        ``X_FE_REF`` (n, 21): the Cannon's reference pattern at the star's [Fe/H],
+        ``MISMATCH_COEF`` (n, 8): the model-mismatch coefficients of
+        :func:`helpers.survey.mismatch.mismatch_coefficients`, ...)."""
         with np.load(self.path / "truth.npz", allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
 
@@ -93,7 +98,7 @@ class Survey:
         elems = [str(e) for e in a["ELEMENTS"]]
         cols = {}
         for k, v in a.items():
-            if k in ("ELEMENTS", "LATENT_SCALE", "MISSING"):
+            if k in ("ELEMENTS", "LATENT_SCALE", "MISSING", "X_FE_REF", "MISMATCH_COEF"):
                 continue
             if k == "X_FE":
                 for j, e in enumerate(elems):
@@ -109,13 +114,22 @@ class Survey:
 
     @functools.cached_property
     def jwst(self) -> dict:
-        """NIRSpec twins: flux memmap (n_jwst, n_pix), wavelength (A), apogee_ids, rows
-        (allStar rows), snr (the error of a pixel is 1 / snr)."""
+        """NIRSpec twins: ``flux`` and ``error`` memmaps (n_jwst, n_pix) float32 (1-sigma;
+        1e10 with flux 0 in the star's detector gap), ``wavelength`` (A), ``apogee_ids``,
+        ``rows`` (allStar rows), ``snr``, ``gap`` (n_jwst, 2) start and end (A) of each
+        star's detector gap (shape (n_jwst, 0) without gaps), and with MSA gaps
+        ``shutter_column``, ``shutter_quadrants``."""
         d = self.path / "jwst"
-        return {"flux": np.load(d / "flux.npy", mmap_mode="r"),
-                "wavelength": np.load(d / "wavelength.npy"),
-                "apogee_ids": np.load(d / "apogee_ids.npy"),
-                "rows": np.load(d / "rows.npy"), "snr": np.load(d / "snr.npy")}
+        out = {"flux": np.load(d / "flux.npy", mmap_mode="r"),
+               "error": np.load(d / "error.npy", mmap_mode="r"),
+               "wavelength": np.load(d / "wavelength.npy"),
+               "apogee_ids": np.load(d / "apogee_ids.npy"),
+               "rows": np.load(d / "rows.npy"), "snr": np.load(d / "snr.npy"),
+               "gap": np.load(d / "gap.npy")}
+        for k in ("shutter_column", "shutter_quadrants"):
+            if (d / f"{k}.npy").is_file():
+                out[k] = np.load(d / f"{k}.npy")
+        return out
 
     def aspcapstar_path(self, row: int) -> Path:
         """aspcapStar file of allStar row ``row`` (exists only where truth HAS_FILE)."""
@@ -171,3 +185,41 @@ def load_survey(path_or_params) -> Survey:
         raise FileNotFoundError(f"survey at {path} has key {params.key()}, expected "
                                 f"{path_or_params.key()}")
     return Survey(path=path, params=params, manifest=info)
+
+
+def check_chapter_parameters(params: SurveyParams, *, n_sample=None, cluster_name=None,
+                             jwst_index=None, sky_line=None, max_error=None) -> None:
+    """Validate a survey chapter's parameters at once; a clear error names the first bad one.
+
+    Book: {ref}`ch-survey`
+
+    Parameters
+    ----------
+    params : SurveyParams
+        The chapter's survey (already validated by :class:`SurveyParams`).
+    n_sample : int, optional
+        Stars sampled (an integer >= 200).
+    cluster_name : str, optional
+        One of the 22 OCCAM clusters.
+    jwst_index : int, optional
+        A twin's index, in [0, number of twins).
+    sky_line : float, optional
+        One of the survey's sky lines (observed vacuum A).
+    max_error : float, optional
+        A flux error in (0, 1).
+    """
+    if n_sample is not None and not (int(n_sample) == n_sample and n_sample >= 200):
+        raise ValueError(f"n_sample must be an integer >= 200, got {n_sample!r}")
+    if cluster_name is not None and cluster_name not in set(load_cluster_table().NAME):
+        raise ValueError(f"cluster_name must be one of the 22 OCCAM clusters "
+                         f"({sorted(load_cluster_table().NAME)}), got {cluster_name!r}")
+    if jwst_index is not None:
+        n = params.jwst_count(10 ** 9) if params.n_jwst is None else params.n_jwst
+        n = min(n, round(0.6 * params.n_field))
+        if not (int(jwst_index) == jwst_index and 0 <= jwst_index < max(n, 1)):
+            raise ValueError(f"jwst_index must be an integer in [0, {n}), got {jwst_index!r}")
+    if sky_line is not None and not np.any(np.abs(sky_lines().wave_vac - sky_line) < 0.01):
+        raise ValueError(f"sky_line must be one of the survey's sky lines "
+                         f"(helpers.survey.lines.sky_lines()), got {sky_line!r}")
+    if max_error is not None and not 0 < max_error < 1:
+        raise ValueError(f"max_error must lie in (0, 1), got {max_error!r}")

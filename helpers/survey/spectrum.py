@@ -6,16 +6,18 @@ A star's spectrum is built as
 
 .. math::
 
-    f(\\lambda) = \\underbrace{\\Theta(\\lambda)\\, \\ell(T, g, [{\\rm Fe/H}])}_{\\rm Cannon}
-      \\exp\\Big(-\\sum_e (10^{[X_e/{\\rm Fe}]} - 1)\\, \\tau_e(\\lambda)
-      - \\tau_{\\rm DIB}(\\lambda)\\Big) + r_{\\rm obs}(\\lambda (1 + v/c)) + p(\\lambda)
+    f(\\lambda) = \\Big[\\underbrace{\\Theta(\\lambda)\\, \\ell(T, g, [{\\rm Fe/H}])}_{\\rm Cannon}
+      + \\Delta_{\\rm lines}(\\lambda) + m(\\lambda)\\Big]
+      e^{- \\tau_{\\rm DIB}(\\lambda)} + r_{\\rm obs}(\\lambda (1 + v/c)) + p(\\lambda)
       + \\sigma(\\lambda)\\,\\epsilon ,
 
-with per-element line templates :math:`\\tau_e`, diffuse interstellar bands scaling with
-AK_TARG, telluric/sky/plate residuals :math:`r_{\\rm obs}` fixed in the observed frame
-(so they move with VHELIO_AVG in the stellar rest frame), blue-chip persistence
-:math:`p` and noise at the star's S/N.  Everything is seeded per block of 256 stars,
-so the survey is deterministic for a seed and independent of the chunk size.
+with the element responses :math:`\\Delta_{\\rm lines}` of :mod:`helpers.survey.linephysics`
+(line by line, saturating, differential against the Cannon's own abundance pattern), the
+model mismatch :math:`m` of :mod:`helpers.survey.mismatch`, diffuse interstellar bands
+scaling with AK_TARG, telluric/sky/plate residuals :math:`r_{\\rm obs}` fixed in the
+observed frame (so they move with VHELIO_AVG in the stellar rest frame), blue-chip
+persistence :math:`p` and noise at the star's S/N.  Everything is seeded per block of 256
+stars, so the survey is deterministic for a seed and independent of the chunk size.
 """
 from __future__ import annotations
 
@@ -25,14 +27,16 @@ import numpy as np
 
 from helpers import apogee
 from helpers.constants import C_KMS
-from helpers.spectra.cannon import apogee_model
+from helpers.spectra.cannon import apogee_model, nirspec_model
 from helpers.survey import chemistry as chem
-from helpers.survey.lines import element_templates, true_dib_windows
+from helpers.survey.linephysics import channel_factors, line_physics, reference_pattern
+from helpers.survey.lines import true_dib_windows
+from helpers.survey.mismatch import mismatch_scale, model_mismatch
 from helpers.survey.params import BLOCK, STREAMS, SurveyParams
 
-__all__ = ["DIB_EW_PER_AV", "AV_PER_AK", "error_profile", "cannon_flux", "apply_elements",
+__all__ = ["DIB_EW_PER_AV", "AV_PER_AK", "error_profile", "clipped_label_vector", "stellar_flux",
            "apply_dibs", "plate_pattern", "shift_index", "shift_bank", "synthesize_apogee",
-           "dib_equivalent_width", "sky_bad_rate", "synth_block"]
+           "synthesize_nirspec", "dib_equivalent_width", "sky_bad_rate", "synth_block"]
 
 
 #: W(15273 A) per magnitude of A_V (Zasowski et al. 2015), and A_V / A_K.
@@ -58,19 +62,6 @@ def error_profile() -> np.ndarray:
     return prof.astype(np.float32)
 
 
-def cannon_flux(model, teff, logg, feh) -> np.ndarray:
-    """Cannon flux (float32, (n, n_pix)) of labels clipped to the model's range.
-
-    Book: {ref}`sec-spectrum-model`
-    """
-    lo, hi = model.cannon.label_range
-    t = np.clip(teff, lo[0], hi[0])
-    g = np.clip(logg, lo[1], hi[1])
-    f = np.clip(feh, lo[2], hi[2])
-    lv = model.cannon.label_vector(t, g, f).astype(np.float32)
-    return lv @ _theta32(model)
-
-
 _THETA32: dict = {}
 
 
@@ -79,32 +70,6 @@ def _theta32(model) -> np.ndarray:
     if k not in _THETA32:
         _THETA32[k] = np.ascontiguousarray(model.theta.T.astype(np.float32))
     return _THETA32[k]
-
-
-_SUPPORT: dict = {}
-
-
-def apply_elements(flux: np.ndarray, x_fe: np.ndarray, tau: np.ndarray,
-                    scale: float) -> None:
-    """Multiply ``flux`` (n, n_pix) in place by exp(-sum_e (10^[X/Fe] - 1) tau_e).
-
-    Book: {ref}`sec-labels-spectra`
-
-    ``x_fe`` is (n, 21) in :data:`helpers.chemistry.ELEMENTS` order; ``tau`` (20, n_pix)
-    from :func:`element_templates`.  Only pixels where some template exceeds 1e-5 are
-    touched (about a quarter of the APOGEE grid).
-    """
-    key = (id(tau), tau.shape)
-    if key not in _SUPPORT:
-        cols = np.flatnonzero(tau.max(0) > 1e-5)
-        _SUPPORT[key] = (cols, np.ascontiguousarray(tau[:, cols]))
-    cols, tau_s = _SUPPORT[key]
-    keep = [chem.ELEMENTS.index(e) for e in chem.ELEMENTS if e != "Fe"]
-    c = np.clip(10.0 ** np.asarray(x_fe, float)[:, keep] - 1.0, -0.95, 4.0)
-    resp = (scale * c).astype(np.float32) @ tau_s
-    np.negative(resp, out=resp)
-    np.exp(resp, out=resp)
-    flux[:, cols] *= resp
 
 
 def apply_dibs(flux: np.ndarray, wave: np.ndarray, ew: np.ndarray,
@@ -178,43 +143,129 @@ def shift_bank(template: np.ndarray, q: np.ndarray) -> tuple:
     return uq, bank
 
 
-def synthesize_apogee(teff, logg, feh, x_fe, *, resolution: float = 22500.0,
-                      element_response: float = 1.0) -> np.ndarray:
-    """Noise-free rest-frame APOGEE spectra of given labels (Cannon x element responses).
+def clipped_label_vector(model, teff, logg, feh) -> np.ndarray:
+    """Cannon label vectors (n, n_terms) with labels clipped to the model's training range.
 
     Book: {ref}`sec-spectrum-model`
+    """
+    lo, hi = model.cannon.label_range
+    return model.cannon.label_vector(np.clip(teff, lo[0], hi[0]), np.clip(logg, lo[1], hi[1]),
+                                     np.clip(feh, lo[2], hi[2]))
+
+
+def stellar_flux(model, physics, teff, logg, feh, x_fe, element_response: float,
+                 mismatch_amplitude: float) -> tuple:
+    """Noise-free rest-frame spectra: Cannon + line physics + mismatch, (n, n_pix) float32.
+
+    Book: {ref}`sec-spectrum-model`
+
+    Parameters
+    ----------
+    model : helpers.spectra.cannon.InstrumentModel
+    physics : helpers.survey.linephysics.LinePhysics
+        Of the same instrument.
+    teff, logg, feh : array_like, shape (n,)
+    x_fe : array_like, shape (n, 21)
+    element_response, mismatch_amplitude : float
+        ``SurveyParams`` fields of the same names.
+
+    Returns
+    -------
+    flux, mismatch : ndarray, shape (n, n_pix), float32
+        The spectra (mismatch included) and the mismatch term alone.
+    """
+    lv = clipped_label_vector(model, teff, logg, feh)
+    flux = lv.astype(np.float32) @ _theta32(model)
+    x_ref = reference_pattern(feh)
+    physics.apply(flux, lv, channel_factors(x_fe, x_ref, element_response))
+    mm = model_mismatch(teff, logg, feh, flux, mismatch_amplitude,
+                        mismatch_scale(model) if mismatch_amplitude > 0 else 1.0,
+                        valid=model.valid, width_pixels=_mismatch_width(model))
+    flux += mm
+    return flux, mm
+
+
+def _mismatch_width(model) -> float:
+    """Smoothing of the mismatch patterns: one resolution element's sigma, in pixels."""
+    dlog = np.log(model.wavelength[-1] / model.wavelength[0]) / (model.wavelength.size - 1)
+    return float(1.0 / (model.resolution * dlog) / 2.3548)
+
+
+def synthesize_apogee(teff, logg, feh, x_fe, *, resolution: float = 22500.0,
+                      element_response: float = 1.0, mismatch_amplitude: float = 0.0
+                      ) -> np.ndarray:
+    """Noise-free rest-frame APOGEE spectra of given labels (Cannon + line physics).
+
+    Book: {ref}`sec-line-physics`
 
     Parameters
     ----------
     teff, logg, feh : array_like, shape (n,)
         K, dex, dex (clipped to the Cannon model's label range).
     x_fe : array_like, shape (n, 21)
-        [X/Fe] in :data:`helpers.chemistry.ELEMENTS` order (dex).
+        [X/Fe] in :data:`helpers.survey.chemistry.ELEMENTS` order (dex); at the Cannon's
+        reference pattern (:func:`helpers.survey.linephysics.reference_pattern`) the
+        spectrum is the Cannon's.
     resolution : float
         APOGEE resolving power.
     element_response : float
-        Scale of the line-depth response.
+        Scale of the departures from the reference pattern (1 = physical).
+    mismatch_amplitude : float
+        Add the model mismatch of :mod:`helpers.survey.mismatch` with this median RMS
+        (0 = none; the survey uses ``SurveyParams.mismatch_amplitude``).
 
     Returns
     -------
     ndarray, shape (n, 8575), float32
         Normalised flux, 0 outside the chips.
     """
+    teff, logg, feh = (np.atleast_1d(np.asarray(v, float)) for v in (teff, logg, feh))
     x_fe = np.atleast_2d(np.asarray(x_fe, float))
-    if x_fe.shape[1] != len(chem.ELEMENTS):
-        raise ValueError(f"x_fe must have {len(chem.ELEMENTS)} columns "
-                         f"({chem.ELEMENTS}), got shape {x_fe.shape}")
-    model = apogee_model(resolution)
-    _, tau = element_templates("apogee", resolution)
-    flux = cannon_flux(model, np.atleast_1d(teff), np.atleast_1d(logg), np.atleast_1d(feh))
-    apply_elements(flux, x_fe, tau, element_response)
+    if x_fe.shape != (teff.size, len(chem.ELEMENTS)):
+        raise ValueError(f"x_fe must have shape ({teff.size}, {len(chem.ELEMENTS)}) "
+                         f"({chem.ELEMENTS}), got {x_fe.shape}")
+    flux, _ = stellar_flux(apogee_model(resolution), line_physics("apogee", float(resolution)),
+                           teff, logg, feh, x_fe, element_response, mismatch_amplitude)
     return flux
+
+
+def synthesize_nirspec(teff, logg, feh, x_fe, params: SurveyParams | None = None, *,
+                       mismatch_amplitude: float = 0.0) -> tuple:
+    """Noise-free NIRSpec twin spectra of given labels, on the survey's twin grid.
+
+    Book: {ref}`sec-jwst`
+
+    The same line physics as :func:`synthesize_apogee` at the twin grid's resolution.
+
+    Parameters
+    ----------
+    teff, logg, feh : array_like, shape (n,)
+    x_fe : array_like, shape (n, 21)
+    params : SurveyParams, optional
+        Its ``jwst_*`` fields set the grid (default ``SurveyParams()``).
+    mismatch_amplitude : float
+        As in :func:`synthesize_apogee`.
+
+    Returns
+    -------
+    wavelength : ndarray, shape (n_pix,)
+        Vacuum A.
+    flux : ndarray, shape (n, n_pix), float32
+    """
+    p = SurveyParams() if params is None else params
+    teff, logg, feh = (np.atleast_1d(np.asarray(v, float)) for v in (teff, logg, feh))
+    x_fe = np.atleast_2d(np.asarray(x_fe, float))
+    nir = nirspec_model(p.jwst_resolution, p.jwst_n_pixels, p.jwst_wmin, p.jwst_wmax)
+    phys = line_physics("nirspec", p.jwst_resolution, p.jwst_n_pixels, p.jwst_wmin, p.jwst_wmax)
+    flux, _ = stellar_flux(nir, phys, teff, logg, feh, x_fe, p.element_response,
+                           mismatch_amplitude)
+    return nir.wavelength, flux
 
 
 def dib_equivalent_width(ak, strength: float = 1.0) -> np.ndarray:
     """Equivalent width (A) of the 15273 A band for extinction AK (mag).
 
-    Book: {ref}`sec-imprints`
+    Book: {ref}`sec-dibs`
 
     W = strength x 0.10 A x A_V with A_V = 8.8 A_K (Zasowski et al. 2015); 0 for AK <= 0.
     """
@@ -246,13 +297,14 @@ def synth_block(p: SurveyParams, b: int, n_stars: int, truth: dict, models,
     ``keep_model`` is False), all (k, 8575) float32, and ``hard`` as (row, pixel) index
     arrays of the pixels written as flux 1e-4, error 1e10.
     """
-    apo, tau, prof, inside, wave, shift_q, tell_bank, sky_bank, r_sky = models
+    apo, physics, prof, inside, wave, shift_q, tell_bank, sky_bank, r_sky = models
     t = truth
     rows = np.arange(b * BLOCK, min((b + 1) * BLOCK, n_stars))
     n = rows.size
-    # (the instrument model's coefficients are zero outside the chips, so is this flux)
-    flux = cannon_flux(apo, t["TEFF"][rows], t["LOGG"][rows], t["FE_H"][rows])
-    apply_elements(flux, t["X_FE"][rows], tau, p.element_response)
+    # (the instrument model's coefficients are zero outside the chips, so is this flux):
+    # Cannon + element responses (linephysics) + model mismatch (mismatch)
+    flux, _ = stellar_flux(apo, physics, t["TEFF"][rows], t["LOGG"][rows], t["FE_H"][rows],
+                           t["X_FE"][rows], p.element_response, p.mismatch_amplitude)
     model = flux.copy() if keep_model else None
     # interstellar bands at the ISM velocity, seen in the stellar rest frame
     apply_dibs(flux, wave, t["DIB_EW"][rows], t["V_ISM"][rows] - t["VHELIO_TRUE"][rows])
