@@ -64,9 +64,10 @@ START, END = "<!-- survey-bench:start -->", "<!-- survey-bench:end -->"
 
 def table(r: dict) -> str:
     """The README's figures from a results dict."""
-    return f"""Measured with `python benchmarks/bench_survey.py` on {r['date_utc']} UTC, {r['machine']['cpus']} CPUs
-shared with other jobs (load average {r['machine']['loadavg_at_end'][1]:.1f} during the run),
-{r['threads']} threads:
+    return f"""Measured with `python benchmarks/bench_survey.py` on {r['date_utc']} UTC (generator version
+{r.get('generator_version', '?')}), {r['machine']['cpus']} CPUs shared with other jobs (load average
+{r['machine']['loadavg_at_start'][0]:.1f} at the start, {r['machine']['loadavg_at_end'][1]:.1f} over the run's last
+5 minutes), {r['threads']} threads:
 
 | quantity | value |
 |---|---|
@@ -108,6 +109,7 @@ def main(argv=None) -> int:
     paper = paper_scale_params()
     args.n_field = paper.n_field if args.n_field is None else args.n_field
     args.n_jwst = paper.n_jwst if args.n_jwst is None else args.n_jwst
+    load_start = os.getloadavg()
 
     out = WORK / "paper"
     if out.exists():
@@ -140,6 +142,7 @@ def main(argv=None) -> int:
     res = {
         "n_field": args.n_field, "n_jwst": args.n_jwst, "n_files": int(s.truth.HAS_FILE.sum()),
         "n_stars": int(len(a)), "threads": args.threads,
+        "generator_version": s.manifest["generator_version"],
         "selected_field_giants": int(chosen.field_rows.size),
         "cluster_stars_after_cuts": int(counts.sum()), "clusters_after_cuts": int(len(counts)),
         "median_snr": float(np.median(a.SNR)),
@@ -150,7 +153,7 @@ def main(argv=None) -> int:
         "disk_total_gb": round(sum(sizes.values()) / 1e9, 2),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version(),
-                    "loadavg_at_end": os.getloadavg()},
+                    "loadavg_at_start": load_start, "loadavg_at_end": os.getloadavg()},
         "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
     }
     del s
