@@ -75,13 +75,50 @@ def helper_modules():
                   if not m.name.endswith(".__main__"))
 
 
-def test_helpers_import_without_side_effects():
-    """Importing every helpers module prints nothing, writes nothing, and names its book section."""
+_IMPORT_ALL = """
+import contextlib, importlib, io, json, sys
+said = {}
+for name in json.loads(sys.argv[1]):
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+        module = importlib.import_module(name)
+    if buf.getvalue():
+        said[name] = buf.getvalue()
+    if not (module.__doc__ and "Book:" in module.__doc__):
+        said[name] = said.get(name, "") + "(no 'Book:' in the module docstring)"
+sys.__stdout__.write(json.dumps(said))
+"""
+
+
+def test_helpers_import_without_side_effects(tmp_path):
+    """Importing every helpers module prints nothing, writes nothing, and names its book section.
+
+    All modules are imported in a fresh interpreter whose working folder, cache folder
+    (``STARS_BOOK_CACHE``) and home folder are empty temporary folders: after the imports,
+    nothing may have been printed (by any module, to stdout or stderr, warnings included) and
+    all three folders must still be empty.
+    """
+    import json
+    import os
+    import sys
+
     modules = helper_modules()
-    assert modules
-    for name in modules:
-        mod = importlib.import_module(name)
-        assert mod.__doc__ and "Book:" in mod.__doc__, f"{name}: module docstring must name its book section"
+    assert len(modules) > 20 and "helpers.ppca.engine" in modules   # subpackages are walked
+    folders = {name: tmp_path / name for name in ("cwd", "cache", "home")}
+    for folder in folders.values():
+        folder.mkdir()
+    env = dict(os.environ, STARS_BOOK_CACHE=str(folders["cache"]), HOME=str(folders["home"]),
+               PYTHONDONTWRITEBYTECODE="1")
+    env.pop("MPLCONFIGDIR", None)
+    result = subprocess.run([sys.executable, "-c", _IMPORT_ALL, json.dumps(modules)],
+                            cwd=folders["cwd"], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "", f"importing helpers wrote to stderr: {result.stderr[:2000]}"
+    said = json.loads(result.stdout)
+    assert said == {}, f"modules that printed on import (or lack a book section): {said}"
+    for name, folder in folders.items():
+        created = sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+        assert created == [], f"importing helpers created {created} in the {name} folder"
 
 
 def test_public_helpers_have_docstrings():
