@@ -14,6 +14,7 @@ import pandas as pd
 
 from helpers import apogee
 from helpers.apogee.cache_loader import load_spectra_cache
+from helpers.params import check_parameters, integer, number, one_of
 from helpers.survey.generate import OCCAM_DIR, SURVEY_MANIFEST, is_complete_survey, survey_dir
 from helpers.survey.chemistry import load_cluster_table
 from helpers.survey.lines import sky_lines, telluric_lines, true_dib_windows
@@ -189,7 +190,7 @@ def load_survey(path_or_params) -> Survey:
 
 def check_chapter_parameters(params: SurveyParams, *, n_sample=None, cluster_name=None,
                              jwst_index=None, sky_line=None, max_error=None) -> None:
-    """Validate a survey chapter's parameters at once; a clear error names the first bad one.
+    """Validate a survey chapter's parameters at once; one clear error names every bad one.
 
     Book: {ref}`ch-survey`
 
@@ -208,18 +209,17 @@ def check_chapter_parameters(params: SurveyParams, *, n_sample=None, cluster_nam
     max_error : float, optional
         A flux error in (0, 1).
     """
-    if n_sample is not None and not (int(n_sample) == n_sample and n_sample >= 200):
-        raise ValueError(f"n_sample must be an integer >= 200, got {n_sample!r}")
-    if cluster_name is not None and cluster_name not in set(load_cluster_table().NAME):
-        raise ValueError(f"cluster_name must be one of the 22 OCCAM clusters "
-                         f"({sorted(load_cluster_table().NAME)}), got {cluster_name!r}")
+    checks = {}
+    if n_sample is not None:
+        checks["n_sample"] = integer(n_sample, min=200)
+    if cluster_name is not None:
+        checks["cluster_name"] = one_of(cluster_name, sorted(load_cluster_table().NAME))
     if jwst_index is not None:
         n = params.jwst_count(10 ** 9) if params.n_jwst is None else params.n_jwst
         n = min(n, round(0.6 * params.n_field))
-        if not (int(jwst_index) == jwst_index and 0 <= jwst_index < max(n, 1)):
-            raise ValueError(f"jwst_index must be an integer in [0, {n}), got {jwst_index!r}")
-    if sky_line is not None and not np.any(np.abs(sky_lines().wave_vac - sky_line) < 0.01):
-        raise ValueError(f"sky_line must be one of the survey's sky lines "
-                         f"(helpers.survey.lines.sky_lines()), got {sky_line!r}")
-    if max_error is not None and not 0 < max_error < 1:
-        raise ValueError(f"max_error must lie in (0, 1), got {max_error!r}")
+        checks["jwst_index"] = integer(jwst_index, min=0, below=max(n, 1))
+    if sky_line is not None:       # one of the survey's sky lines (helpers.survey.lines.sky_lines())
+        checks["sky_line"] = one_of(sky_line, sky_lines().wave_vac, tolerance=0.01)
+    if max_error is not None:
+        checks["max_error"] = number(max_error, above=0, below=1)
+    check_parameters(**checks)
