@@ -17,6 +17,7 @@ grid point: the parameters, the recorded results, the status and the run time.
 from __future__ import annotations
 
 import argparse
+import ast
 import concurrent.futures as cf
 import hashlib
 import itertools
@@ -26,6 +27,9 @@ import os
 import sys
 import time
 from pathlib import Path
+
+import pandas as pd
+import yaml
 
 from helpers.paths import cache_dir
 
@@ -100,8 +104,6 @@ def point_id(notebook: Path, point: dict) -> str:
 
 
 def _notebook_parameters(notebook: Path) -> set:
-    import ast
-
     import jupytext  # optional dependency (the book/test extras)
 
     nb = jupytext.read(notebook)
@@ -166,7 +168,6 @@ def run_sweep(notebook, params: dict, seeds=None, out=None, jobs: int = 2, seed_
     """
     import jupytext  # optional dependencies (the book/test extras): imported when a sweep runs
     import nbformat
-    import pandas as pd
 
     notebook = Path(notebook).resolve()
     if not notebook.is_file():
@@ -223,8 +224,6 @@ def run_sweep(notebook, params: dict, seeds=None, out=None, jobs: int = 2, seed_
 
 
 def _parse_value(text: str):
-    import yaml
-
     value = yaml.safe_load(text)
     scalar = (int, float, str, bool)
     if isinstance(value, list) and all(isinstance(v, scalar) for v in value):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from numpy.lib.format import open_memmap
 
 from helpers.apogee.cache_format import (CACHE_FILES, CACHE_FORMAT, CATALOGUE, ERROR, FLUX, IDS,
                                          MANIFEST, SpectraCacheError, cache_key,
@@ -107,7 +108,6 @@ class SpectraCacheWriter:
 
     def open(self) -> "SpectraCacheWriter":
         """Create the temporary directory and the memory-mapped outputs."""
-        from numpy.lib.format import open_memmap
         self.path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(self.path)
         token = secrets.token_hex(4)
@@ -225,7 +225,6 @@ class SpectraCacheWriter:
 
     def _compact(self, keep: np.ndarray) -> None:
         """Rewrite flux/error keeping only ``keep`` rows, streaming in blocks."""
-        from numpy.lib.format import open_memmap
         n_keep = int(keep.sum())
         for name, src in ((FLUX, self._flux), (ERROR, self._error)):
             dst_path = self._tmp / f"{name}.compact"

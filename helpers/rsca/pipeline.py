@@ -59,7 +59,7 @@ class MaskParams:
     max_error : float
         Pixels with a flux error above this are missing (the paper: 0.05).
     ism_windows : {'auto', 'paper', 'none'}
-        Interstellar-band windows: found by :func:`helpers.masking.find_windows` from the
+        Interstellar-band windows: found by :func:`helpers.rsca.masking.find_windows` from the
         residual curve of high-extinction stars ('auto', the book's default), the paper's
         four hand-picked windows ('paper'), or none.
     low_ak, high_ak : float
