@@ -169,6 +169,14 @@ def test_helpers_import_graph_has_no_circle():
             visit(m, [m])
 
 
+def test_constants_are_defined_once():
+    """The speed of light lives in helpers.constants; no other module types it again."""
+    _, files = _helpers_import_graph()
+    again = [str(path.relative_to(REPO)) for name, path in files.items()
+             if name != "helpers.constants" and "299_792" in path.read_text().replace("299792", "299_792")]
+    assert not again, f"define the speed of light once (helpers.constants.C_KMS), not in {again}"
+
+
 def test_helpers_modules_are_short_or_say_why():
     _, files = _helpers_import_graph()
     for name, path in files.items():

@@ -28,6 +28,7 @@ import pandas as pd
 from scipy.ndimage import gaussian_filter1d
 
 from helpers import apogee
+from helpers.constants import C_KMS
 from helpers.paths import data_dir
 from helpers.spectra.cannon import air_to_vacuum, apogee_model, load_cannon_model
 from helpers.survey.chemistry import ELEMENTS
@@ -41,7 +42,6 @@ __all__ = [
     "calibrate_reference_pattern", "compare_with_atlas",
 ]
 
-C_KMS = 299_792.458
 #: Velocity of the atlas' lines relative to the air rest frame (km/s; measured by
 #: cross-correlation, ../shared/facts/arcturus/README.md).
 ATLAS_VELOCITY_KMS = 14.1
