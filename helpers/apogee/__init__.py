@@ -18,6 +18,7 @@ Everything the book reads from (or writes to look like) the SDSS Science Archive
 :mod:`helpers.apogee.cache_writer`  writing a spectra cache atomically
 :mod:`helpers.apogee.cache_loader`  opening a spectra cache as memory maps
 :mod:`helpers.apogee.cache_builder` building a spectra cache from aspcapStar files
+:mod:`helpers.apogee.cache_zarr`    the spectra cache as a Zarr store (for Dask workers)
 ==================================  ======================================================
 
 Every reader checks what it reads and raises :class:`ApogeeFormatError` (a ``ValueError``)
@@ -41,6 +42,8 @@ from helpers.apogee.cache_format import (CACHE_FORMAT, SpectraCacheError, cache_
 from helpers.apogee.cache_writer import SpectraCacheWriter
 from helpers.apogee.cache_loader import SpectraCache, load_spectra_cache
 from helpers.apogee.cache_builder import build_spectra_cache, default_n_jobs
+from helpers.apogee.cache_zarr import (ZARR_FORMAT, ZarrSpectra, load_zarr_cache,
+                                       open_zarr_store, write_zarr_cache, write_zarr_store)
 
 __all__ = [
     "N_PIXELS",
@@ -87,4 +90,10 @@ __all__ = [
     "load_spectra_cache",
     "default_n_jobs",
     "build_spectra_cache",
+    "ZARR_FORMAT",
+    "ZarrSpectra",
+    "write_zarr_store",
+    "open_zarr_store",
+    "write_zarr_cache",
+    "load_zarr_cache",
 ]

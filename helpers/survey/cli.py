@@ -11,9 +11,15 @@ generate
         python -m helpers.survey generate --n-field 20000 --seed 42 --out /data/survey
 
 cache
-    Build the spectra cache of a selection of stars from a real DR16 or DR17 SAS mirror::
+    Build the spectra cache of a selection of stars from a real DR16 or DR17 SAS mirror
+    (``--zarr``: also its Zarr copy, ``cache/dr16/spectra.zarr``, for Dask workers)::
 
         python -m helpers.survey cache --apogee-root /data/sas --release dr16 --out cache/dr16
+
+zarr
+    Write the Zarr copy of an existing spectra cache (or of a survey's)::
+
+        python -m helpers.survey zarr cache/dr16
 
 Further commands register themselves with :func:`add_command`; run
 ``python -m helpers.survey --help`` or ``... <command> --help``.
@@ -31,14 +37,15 @@ from typing import Callable, Sequence
 from helpers.apogee.allstar import read_allstar
 from helpers.apogee.cache_builder import build_spectra_cache
 from helpers.apogee.cache_format import SpectraCacheError
+from helpers.apogee.cache_zarr import ZARR_CHUNK_ROWS, write_zarr_cache
 from helpers.apogee.fits_io import ApogeeFormatError
 from helpers.apogee.sas import allstar_path
 from helpers.rsca.selection import passes_field_cuts
 from helpers.survey.generate import generate_survey
 from helpers.survey.params import SurveyParams, paper_scale_params
 
-__all__ = ["build_parser", "main", "add_command", "cmd_cache", "add_generate_arguments",
-           "run_generate"]
+__all__ = ["build_parser", "main", "add_command", "cmd_cache", "cmd_zarr",
+           "add_generate_arguments", "run_generate"]
 
 # name -> (configure(subparser), run(args) -> int, one-line help)
 _COMMANDS: dict[str, tuple[Callable, Callable, str]] = {}
@@ -107,6 +114,9 @@ def _configure_cache(p: argparse.ArgumentParser):
                    help="rebuild even if --out already holds a cache of the same inputs")
     p.add_argument("--no-progress", action="store_true",
                    help="do not show the progress bar (it is also off when $CI is set)")
+    p.add_argument("--zarr", action="store_true",
+                   help="also write the cache's Zarr copy, OUT/spectra.zarr, which the "
+                        "workers of a Dask cluster read (the memory map stays the default)")
     return cmd_cache
 
 
@@ -144,6 +154,8 @@ def cmd_cache(args: argparse.Namespace) -> int:
                                 force=args.force)
     summary = {"cache": str(cache.path), "n_stars": len(cache),
                "n_skipped": len(cache.skipped), "key": cache.manifest["key"]}
+    if args.zarr:
+        summary["zarr"] = str(write_zarr_cache(cache, progress=not args.no_progress))
     print(json.dumps(summary))
     for s in cache.skipped[:20]:
         print(f"skipped {s['apogee_id']}: {s['reason']}", file=sys.stderr)
@@ -155,6 +167,42 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 add_command("cache", help="build the spectra cache from a real DR16/DR17 SAS mirror")(
     _configure_cache)
+
+
+# ---------------------------------------------------------------------------------------
+# zarr
+# ---------------------------------------------------------------------------------------
+
+def _configure_zarr(p: argparse.ArgumentParser):
+    p.add_argument("source", type=Path, metavar="DIR",
+                   help="a spectra cache folder, or a synthetic survey folder (its cache/)")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR",
+                   help="the Zarr store to write (default: <cache>/spectra.zarr)")
+    p.add_argument("--chunk-rows", type=int, default=ZARR_CHUNK_ROWS, metavar="N",
+                   help=f"stars per Zarr chunk (default {ZARR_CHUNK_ROWS})")
+    p.add_argument("--force", action="store_true",
+                   help="rewrite even if the store already holds this cache's copy")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return cmd_zarr
+
+
+def cmd_zarr(args: argparse.Namespace) -> int:
+    """Run ``zarr``: write the Zarr copy of a spectra cache and print its folder.
+
+    Book: {ref}`sec-survey-files`
+    """
+    src = args.source
+    if (src / "survey.json").is_file():
+        src = src / "cache"
+    if args.chunk_rows < 1:
+        raise SystemExit(f"--chunk-rows must be >= 1, got {args.chunk_rows}")
+    print(write_zarr_cache(src, args.out, chunk_rows=args.chunk_rows,
+                           progress=not args.no_progress, force=args.force))
+    return 0
+
+
+add_command("zarr", help="write the Zarr copy of a spectra cache (read by Dask workers)")(
+    _configure_zarr)
 
 
 # ---------------------------------------------------------------------------------------
@@ -223,6 +271,9 @@ def add_generate_arguments(parser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--overwrite", action="store_true",
                         help="rebuild even if the survey exists")
+    parser.add_argument("--zarr", action="store_true",
+                        help="also write the spectra cache's Zarr copy, cache/spectra.zarr "
+                             "(read by the workers of a Dask cluster)")
     for f in dataclasses.fields(SurveyParams):
         opt = "--" + f.name.replace("_", "-")
         hlp = f"SurveyParams.{f.name} (default {f.default})"
@@ -258,7 +309,7 @@ def run_generate(args) -> int:
             kw["jwst_gap"] = _parse_gap(kw["jwst_gap"])
         params = paper_scale_params(**kw) if args.paper_scale else SurveyParams(**kw)
         out = generate_survey(params, args.out, progress=not args.no_progress,
-                              overwrite=args.overwrite)
+                              overwrite=args.overwrite, zarr=args.zarr)
     except (ValueError, TypeError, OSError) as exc:  # bad input: one line, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2

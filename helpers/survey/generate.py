@@ -30,6 +30,7 @@ from threadpoolctl import threadpool_limits
 
 from helpers import apogee
 from helpers.apogee.cache_writer import SpectraCacheWriter
+from helpers.apogee.cache_zarr import write_zarr_cache
 from helpers.paths import cache_dir
 from helpers.spectra.cannon import apogee_model, nirspec_grid, nirspec_model
 from helpers.survey import chemistry as chem
@@ -82,7 +83,8 @@ def _progress(enabled: bool):
 
 
 def generate_survey(params: SurveyParams | None = None, out_dir=None, progress: bool = True,
-                    overwrite: bool = False, n_threads: int | None = None) -> Path:
+                    overwrite: bool = False, n_threads: int | None = None,
+                    zarr: bool = False) -> Path:
     """Generate (or reuse) a synthetic survey; returns its folder.
 
     Book: {ref}`ch-survey`
@@ -117,6 +119,11 @@ def generate_survey(params: SurveyParams | None = None, out_dir=None, progress: 
     n_threads : int, optional
         Threads synthesising blocks (default: the number of CPUs, at most 4).  The
         result does not depend on it.
+    zarr : bool
+        Also write the spectra cache's Zarr copy, ``cache/spectra.zarr``
+        (:func:`helpers.apogee.cache_zarr.write_zarr_cache`), for the workers of a Dask
+        cluster; added to an existing survey if missing.  It changes no number of the
+        survey, so it is not part of its key.
 
     Returns
     -------
@@ -129,6 +136,8 @@ def generate_survey(params: SurveyParams | None = None, out_dir=None, progress: 
         raise TypeError(f"params must be a SurveyParams, got {type(p).__name__}")
     out = Path(out_dir) if out_dir is not None else survey_dir(p)
     if not overwrite and is_complete_survey(out, p):
+        if zarr:
+            write_zarr_cache(out / "cache", progress=progress)
         return out
     if out.exists() and any(out.iterdir()) and not is_complete_survey(out):
         raise FileExistsError(f"{out} exists and is not a synthetic survey; refusing to "
@@ -296,6 +305,8 @@ def generate_survey(params: SurveyParams | None = None, out_dir=None, progress: 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if zarr:
+        write_zarr_cache(out / "cache", progress=progress)
     return out
 
 
