@@ -38,12 +38,15 @@ NBVAL_NOTEBOOKS = $(patsubst notebooks/%.md,$(EXECUTED)/notebooks/%.ipynb,$(shel
 
 ## test: unit tests + harness rules + every chapter once by papermill at smoke parameters,
 ##       then nbval on the chapters with checked outputs, then a book build from them
+# Two pytest-xdist workers (the machine has 2 cores): the chapters run in order in one of them
+# (xdist group "chapters") while the other takes the unit tests; nbval spreads the notebooks
+# over both (each notebook whole, in one kernel).
 test: setup
 	rm -rf $(EXECUTED)
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest -n 2 --dist loadgroup tests
 	@echo "nbval: $(notdir $(NBVAL_NOTEBOOKS))"
-	if [ -n "$(NBVAL_NOTEBOOKS)" ]; then $(BIN)/python -m pytest -p no:cacheprovider --nbval-lax \
-		--nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg $(NBVAL_NOTEBOOKS); fi
+	if [ -n "$(NBVAL_NOTEBOOKS)" ]; then $(BIN)/python -m pytest -p no:cacheprovider -n 2 --dist loadfile \
+		--nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg $(NBVAL_NOTEBOOKS); fi
 	$(BIN)/python tests/build_smoke_book.py $(EXECUTED)
 
 ## ipynb: write the paired .ipynb of every chapter, one way (never committed)

@@ -19,6 +19,7 @@ CHAPTERS = chapters()
 
 
 @pytest.mark.notebook
+@pytest.mark.xdist_group("chapters")   # in order, in one worker, beside the unit tests
 @pytest.mark.parametrize("path", CHAPTERS, ids=[p.stem for p in CHAPTERS])
 def test_chapter_runs_at_smoke_parameters(path, tmp_path):
     EXECUTED.mkdir(parents=True, exist_ok=True)
