@@ -263,7 +263,7 @@ class LinePhysics:
     Attributes
     ----------
     touched : ndarray of int
-        Output pixels an element response can change.
+        The contiguous run of output pixels an element response can change.
     wave_fine : ndarray, shape (n_fine,)
         Native Cannon wavelengths (vacuum A) near a responding line.
     weights : ndarray, shape (len(CHANNELS), n_fine), float32
@@ -321,13 +321,20 @@ class LinePhysics:
         if valid is not None:
             ok = np.asarray(valid, bool)[rows]
             rows, cols, vals = rows[ok], cols[ok], vals[ok]
-        self.touched = np.unique(rows)
+        # one contiguous run of output pixels (a slice is cheaper to update than an index
+        # list); pixels without data inside it simply get no weight
+        lo_pix, hi_pix = (int(rows.min()), int(rows.max()) + 1) if rows.size else (0, 0)
+        self.touched = np.arange(lo_pix, hi_pix)
+        self._slice = slice(lo_pix, hi_pix)
         remap = np.full(wave_out.size, -1)
         remap[self.touched] = np.arange(self.touched.size)
         # (n_fine, n_touched): a block of native changes times this is the pixel change
         self.lsf = sp.csr_matrix((vals.astype(np.float32), (cols, remap[rows])),
                                  shape=(fine.size, self.touched.size))
-        self.lsf_scaled = (self.lsf * np.float32(self.d_max)).tocsr()
+        # transposed copies for the (native pixel, star) layout of delta(), d_max folded in
+        self.lsf_t = (self.lsf.T * np.float32(self.d_max)).tocsr()
+        self.theta_fine_t = np.ascontiguousarray(self.theta_fine.T)
+        self.weights_t = np.ascontiguousarray(self.weights.T)
         self.n_pixels = wave_out.size
 
     def native_flux(self, label_vector) -> np.ndarray:
@@ -343,24 +350,29 @@ class LinePhysics:
             The Cannon label vectors of the stars (labels already clipped to its range).
         factors : ndarray, shape (n, len(CHANNELS))
             :func:`channel_factors`.
+
+        Notes
+        -----
+        Computed in the transposed layout (native pixel, star), so that the sparse
+        line-spread function multiplies contiguous columns without copies.
         """
-        # E = exp(-tau_ref) from the saturating relation 1 - f = d (1 - E)
-        e = self.native_flux(label_vector)
+        # E = exp(-tau_ref) from the saturating relation 1 - f = d (1 - E), (n_fine, n)
+        e = self.theta_fine_t @ np.asarray(label_vector, np.float32).T
         e *= np.float32(1.0 / self.d_max)
         e += np.float32(1.0 - 1.0 / self.d_max)
         np.clip(e, 0.02, 1.0, out=e)
         # tau_star = tau_ref (1 + m):  f_star - f_ref = d (E^(1 + m) - E)
-        m = (np.asarray(factors, np.float32) - np.float32(1.0)) @ self.weights
+        m = self.weights_t @ (np.asarray(factors, np.float32) - np.float32(1.0)).T
         m += np.float32(1.0)
         t = np.log(e)
         t *= m
         np.exp(t, out=t)
         t -= e
-        return (t @ self.lsf_scaled)
+        return (self.lsf_t @ t).T
 
     def apply(self, flux, label_vector, factors) -> None:
         """Add the element responses to instrument spectra ``flux`` (n, n_pix) in place."""
-        flux[:, self.touched] += self.delta(label_vector, factors)
+        flux[:, self._slice] += self.delta(label_vector, factors)
 
 
 @functools.lru_cache(maxsize=4)
