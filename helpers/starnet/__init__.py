@@ -1,0 +1,51 @@
+"""StarNet: supervised 1D CNN encoders for APOGEE and NIRSpec spectra.
+
+Book: {ref}`ch-starnet`
+
+The API the StarNet and StarCLIP chapters use (each name's docstring says more):
+
+* data: :func:`starnet_source` (the chapter's data parameters -> a source with both
+  modalities and both label kinds), :func:`starnet_split` (the one star-level split,
+  written once), :func:`starnet_data` (a modality's three split parts as contiguous
+  memory maps, missing pixels filled and flagged);
+* labels: :data:`LABEL_NAMES`, :data:`STARNET_ELEMENTS`, :class:`LabelScaler`;
+* model: :class:`StarNet` (the essay's encoder plus a variance head);
+* training: :class:`TrainConfig`, :func:`train_starnet` (cached runs), :func:`load_run`,
+  :func:`pretrained_encoders` (both modalities at once, e.g. for StarCLIP);
+* inference: :func:`predict` (labels and calibrated sigmas), :func:`embed` (the 20
+  outputs or the 128 hidden units);
+* evaluation: :func:`label_metrics`, :func:`calibration`, :func:`fit_ridge`,
+  :data:`ESSAY_RMSE`.
+"""
+
+from .chapter import ChapterSetup, chapter_setup
+from .data import (DEFAULT_MAX_ERROR, MODALITIES, ModalitySpectra, SpectraSet, StarnetSource,
+                   observed_pixels, source_from_survey, starnet_data, starnet_source)
+from .evaluate import (ESSAY_RMSE, RidgeBaseline, bootstrap_rmse, calibration, fit_ridge,
+                       label_metrics, label_systematics)
+from .infer import Prediction, embed, predict
+from .labels import (LABEL_KINDS, LABEL_NAMES, LABEL_UNITS, STARNET_ELEMENTS, LabelScaler,
+                     aspcap_labels, label_display, true_labels)
+from .model import StarNet, pooled_length, reference_sequential
+from .split import (PARTS, SPLIT_RATIOS, SplitOverlapError, StarSplit, load_split, make_split,
+                    split_path, starnet_split)
+from .train import (MODEL_VERSION, StarNetRun, TrainConfig, fast_allocation, load_run,
+                    pretrained_encoders, progress_enabled, starnet_loss, train_epoch,
+                    train_starnet)
+
+__all__ = [
+    "ChapterSetup", "chapter_setup",
+    "DEFAULT_MAX_ERROR", "MODALITIES", "ModalitySpectra", "SpectraSet", "StarnetSource",
+    "observed_pixels", "source_from_survey", "starnet_data", "starnet_source",
+    "ESSAY_RMSE", "RidgeBaseline", "bootstrap_rmse", "calibration", "fit_ridge",
+    "label_metrics", "label_systematics",
+    "Prediction", "embed", "predict",
+    "LABEL_KINDS", "LABEL_NAMES", "LABEL_UNITS", "STARNET_ELEMENTS", "LabelScaler",
+    "aspcap_labels", "label_display", "true_labels",
+    "StarNet", "pooled_length", "reference_sequential",
+    "PARTS", "SPLIT_RATIOS", "SplitOverlapError", "StarSplit", "load_split", "make_split",
+    "split_path", "starnet_split",
+    "MODEL_VERSION", "StarNetRun", "TrainConfig", "fast_allocation", "load_run",
+    "pretrained_encoders",
+    "progress_enabled", "starnet_loss", "train_epoch", "train_starnet",
+]

@@ -1,0 +1,405 @@
+"""StarNet helpers: split, labels, data sets, model, training, inference, evaluation."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from helpers.starnet import (LABEL_NAMES, STARNET_ELEMENTS, LabelScaler, ModalitySpectra,
+                             SplitOverlapError, StarNet, StarnetSource, StarSplit, TrainConfig,
+                             aspcap_labels, calibration, embed, fit_ridge, label_metrics,
+                             load_split, make_split, observed_pixels, predict,
+                             reference_sequential, starnet_data, starnet_split, train_starnet,
+                             true_labels)
+
+
+# ---------------------------------------------------------------------------------------
+# a small source built in memory: labels drive the flux linearly, plus noise
+# ---------------------------------------------------------------------------------------
+
+def _fake_source(n=160, n_pix=(90, 60), seed=0, missing_label_col=None):
+    rng = np.random.default_rng(seed)
+    ids = np.array([f"2M{i:08d}+0000000" for i in range(n)])
+    teff = rng.uniform(4000, 5000, n)
+    logg = rng.uniform(1.5, 3.0, n)
+    feh = rng.normal(-0.2, 0.25, n)
+    truth = {"TEFF": teff, "LOGG": logg, "FE_H": feh}
+    cat = {"APOGEE_ID": ids, "TEFF": teff + rng.normal(0, 50, n),
+           "LOGG": logg + rng.normal(0, 0.05, n), "FE_H": feh + rng.normal(0, 0.02, n),
+           "SNR": rng.uniform(50, 300, n)}
+    for el in STARNET_ELEMENTS:
+        if el == "Fe":
+            continue
+        xfe = rng.normal(0, 0.1, n)
+        truth[f"X_FE_{el}"] = xfe
+        cat[f"X_H_{el}"] = xfe + feh + rng.normal(0, 0.03, n)
+    cat["X_H_Ce"][:5] = -9999.99
+    if missing_label_col:
+        del cat[missing_label_col]
+    truth = pd.DataFrame(truth)
+    cat = pd.DataFrame(cat)
+    y = true_labels(truth)
+    z = (y - y.mean(0)) / y.std(0)
+    spectra = {}
+    for k, (name, p) in enumerate(zip(("apogee", "nirspec"), n_pix)):
+        a = np.random.default_rng(seed + 10 + k).normal(0, 0.02, (y.shape[1], p))
+        flux = (0.8 + z @ a + rng.normal(0, 0.005, (n, p))).astype(np.float32)
+        error = np.full((n, p), 0.005, np.float32)
+        flux[:, :3] = 0          # a gap: always missing
+        error[:, :3] = 0
+        flux[1, 10] = 1e-4       # a flagged pixel
+        error[1, 10] = 1e10
+        order = rng.permutation(n)  # spectra stored in another order than the catalogue
+        spectra[name] = ModalitySpectra(name, flux[order], error[order],
+                                        np.linspace(15000 + 5000 * k, 17000 + 5000 * k, p),
+                                        ids[order], order, cat["SNR"].to_numpy()[order])
+    return StarnetSource(key=f"fake-{seed}-{n}", kind="synthetic", catalogue=cat, truth=truth,
+                         spectra=spectra, paired_ids=np.sort(ids))
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("STARS_BOOK_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+# ---------------------------------------------------------------------------------------
+# split
+# ---------------------------------------------------------------------------------------
+
+def test_split_sizes_paper_scale():
+    ids = [f"2M{i:08d}" for i in range(19_000)]
+    s = make_split(ids, seed=0)
+    assert s.sizes == {"train": 11_875, "val": 2_375, "test": 4_750}
+
+
+def test_split_is_disjoint_covering_seeded_and_order_free():
+    ids = np.array([f"2M{i:06d}" for i in range(1000)])
+    a = make_split(ids, seed=3)
+    b = make_split(ids[::-1], seed=3)
+    c = make_split(ids, seed=4)
+    parts = [a.train, a.val, a.test]
+    allids = np.concatenate(parts)
+    assert allids.size == ids.size and np.unique(allids).size == ids.size
+    for i in range(3):
+        for j in range(i + 1, 3):
+            assert np.intersect1d(parts[i], parts[j]).size == 0
+    assert a == b and a.key == b.key
+    assert a.key != c.key
+
+
+def test_overlapping_split_is_refused(tmp_path):
+    with pytest.raises(SplitOverlapError, match="both 'train' and 'test'"):
+        StarSplit(["a", "b"], ["c"], ["b", "d"])
+    with pytest.raises(SplitOverlapError, match="more than once"):
+        StarSplit(["a", "a"], ["c"], ["d"])
+    with pytest.raises(SplitOverlapError, match="more than once"):
+        make_split(["a", "b", "b", "c"], seed=0)
+    # a split file edited so that a test star is also a training star
+    s = make_split([f"s{i}" for i in range(40)], seed=0)
+    d = json.loads(s.to_json())
+    d["train"].append(d["test"][0])
+    p = tmp_path / "bad.json"
+    p.write_text(json.dumps(d))
+    with pytest.raises(SplitOverlapError, match="split overlaps"):
+        load_split(p)
+
+
+def test_split_written_once_and_reused(cache):
+    src = _fake_source()
+    s1 = starnet_split(src, seed=5)
+    mtime = s1.path.stat().st_mtime_ns
+    s2 = starnet_split(src, seed=5)
+    assert s1 == s2 and s2.path == s1.path and s1.path.stat().st_mtime_ns == mtime
+    assert s1.path.parent.name == src.key
+    # the stored file wins over a fresh draw, and must belong to the source
+    other = _fake_source(n=100)
+    other.key = src.key
+    with pytest.raises(ValueError, match="belongs to other data"):
+        starnet_split(other, seed=5)
+
+
+# ---------------------------------------------------------------------------------------
+# labels
+# ---------------------------------------------------------------------------------------
+
+def test_label_names_and_kinds():
+    assert len(LABEL_NAMES) == 20 and LABEL_NAMES[:2] == ("TEFF", "LOGG")
+    assert "FE_H" in LABEL_NAMES and len(STARNET_ELEMENTS) == 18
+    src = _fake_source()
+    y = aspcap_labels(src.catalogue)
+    assert y.shape == (160, 20) and np.isnan(y[:5, LABEL_NAMES.index("CE_H")]).all()
+    t = true_labels(src.truth)
+    j = LABEL_NAMES.index("MG_H")
+    assert np.allclose(t[:, j], src.truth["X_FE_Mg"] + src.truth["FE_H"], atol=1e-6)
+
+
+def test_missing_label_column_is_named():
+    src = _fake_source(missing_label_col="X_H_Mg")
+    with pytest.raises(ValueError, match="X_H_Mg"):
+        aspcap_labels(src.catalogue)
+
+
+def test_label_scaler_ignores_missing_and_round_trips():
+    y = np.random.default_rng(0).normal(size=(50, 20))
+    y[3, 4] = np.nan
+    s = LabelScaler.fit(y)
+    z = s.transform(y)
+    assert np.isnan(z[3, 4]) and np.allclose(np.nanmean(z, 0), 0, atol=1e-6)
+    s2 = LabelScaler.from_json(s.to_json())
+    assert np.allclose(s2.inverse(z), y, equal_nan=True)
+
+
+# ---------------------------------------------------------------------------------------
+# model
+# ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n_pixels", [8575, 130, 1001])
+def test_fast_block_equals_plain_torch_layers(n_pixels):
+    torch.manual_seed(1)
+    model = StarNet(n_pixels).double()
+    ref = reference_sequential(n_pixels).double()
+    ref.load_state_dict(model.reference_state_dict())
+    x = torch.rand(6, n_pixels, dtype=torch.float64)
+    y, y_ref = model(x), ref(x)
+    assert torch.allclose(y, y_ref, rtol=1e-10, atol=1e-12)
+    g = torch.randn_like(y)
+    y.backward(g)
+    y_ref.backward(g)
+    ref_grads = dict(ref.named_parameters())
+    for name, idx in (("conv1", "1"), ("conv2", "3"), ("fc2", "9"), ("fc3", "11")):
+        for kind in ("weight", "bias"):
+            a = getattr(getattr(model, name), kind).grad
+            b = ref_grads[f"{idx}.{kind}"].grad
+            assert torch.allclose(a, b, rtol=1e-9, atol=1e-12), (name, kind)
+
+
+def test_model_refuses_spectra_on_another_grid():
+    model = StarNet(200)
+    with pytest.raises(ValueError, match="another grid"):
+        model(torch.zeros(2, 199))
+    with pytest.raises(ValueError, match="n_pixels"):
+        StarNet(10)
+
+
+# ---------------------------------------------------------------------------------------
+# data sets
+# ---------------------------------------------------------------------------------------
+
+def test_observed_pixels():
+    f = np.array([[1.0, 0.0, np.nan, 0.9, 0.9]], np.float32)
+    e = np.array([[0.01, 0.01, 0.01, 1e10, 0.2]], np.float32)
+    assert observed_pixels(f, e, None).tolist() == [[True, False, False, False, True]]
+    assert observed_pixels(f, e, 0.05).tolist() == [[True, False, False, False, False]]
+    assert observed_pixels(f, None, 0.05).tolist() == [[True, False, False, True, True]]
+
+
+def test_data_sets_line_up_fill_and_cache(cache):
+    src = _fake_source()
+    split = starnet_split(src, seed=0)
+    a = starnet_data(src, split, "apogee", max_error=0.05)
+    n = starnet_data(src, split, "nirspec")
+    for part in ("train", "val", "test"):
+        assert list(a[part].ids) == list(split.part(part)) == list(n[part].ids)
+        spec = src.spectra["apogee"]
+        rows = spec.rows_of(a[part].ids)
+        raw = np.asarray(spec.flux[rows])
+        obs = observed_pixels(raw, spec.error[rows], 0.05)
+        assert np.array_equal(a[part].observed, obs)
+        assert np.array_equal(a[part].flux[obs], raw[obs])
+        assert np.allclose(a[part].flux[~obs], np.broadcast_to(a[part].fill, raw.shape)[~obs])
+    tr = src.spectra["apogee"]
+    raw = np.asarray(tr.flux[tr.rows_of(split.train)])
+    ok = observed_pixels(raw, tr.error[tr.rows_of(split.train)], 0.05)
+    mean = np.where(ok, raw, 0).sum(0) / np.maximum(ok.sum(0), 1)
+    assert np.allclose(a["train"].fill[ok.any(0)], mean[ok.any(0)], atol=1e-6)
+    assert np.all(a["train"].fill[~ok.any(0)] == 1)
+    again = starnet_data(src, split, "apogee", max_error=0.05)
+    assert again["train"].path == a["train"].path
+
+
+# ---------------------------------------------------------------------------------------
+# training and inference
+# ---------------------------------------------------------------------------------------
+
+def test_bad_epoch_count_is_named():
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="epochs"):
+            TrainConfig(epochs=bad)
+
+
+def test_training_is_reproducible_cached_and_calibrated(cache):
+    src = _fake_source()
+    split = starnet_split(src, seed=0)
+    cfg = TrainConfig(epochs=3, batch_size=16, step_size=2, seed=7)
+    run = train_starnet(src, split, "apogee", "true", cfg, progress=False)
+    again = train_starnet(src, split, "apogee", "true", cfg, progress=False, retrain=True)
+    assert again.path == run.path
+    h1, h2 = run.history, again.history
+    assert np.array_equal(h1[["train_loss", "val_loss"]].to_numpy(),
+                          h2[["train_loss", "val_loss"]].to_numpy())
+    for (k, v1), v2 in zip(run.model.state_dict().items(), again.model.state_dict().values()):
+        assert torch.equal(v1, v2), k
+    assert h1["train_loss"].iloc[-1] < h1["train_loss"].iloc[0]
+    assert list(h1["lr"]) == pytest.approx([1e-3, 1e-3, 1e-4])
+    # another seed is another run
+    other = train_starnet(src, split, "apogee", "true", TrainConfig(epochs=1, batch_size=16,
+                                                                    seed=8), progress=False)
+    assert other.path != run.path
+    # predictions: physical units, positive sigmas, the validation calibration holds there
+    data = starnet_data(src, split, "apogee")
+    p = predict(run, data["val"])
+    y = src.labels(data["val"].ids, "true")
+    cal = calibration(p.mean, p.sigma, y, LABEL_NAMES)
+    assert np.allclose(cal["z_rms"], 1, atol=1e-3)
+    assert np.all(p.sigma > 0) and abs(np.mean(p.mean[:, 0]) - 4500) < 400
+    assert embed(run, data["test"]).shape == (len(data["test"]), 20)
+    assert embed(run, data["test"], layer="hidden").shape == (len(data["test"]), 128)
+
+
+def test_aspcap_labels_with_missing_values_train(cache):
+    src = _fake_source()
+    split = starnet_split(src, seed=0)
+    run = train_starnet(src, split, "nirspec", "aspcap", TrainConfig(epochs=1, batch_size=16),
+                        progress=False)
+    assert np.isfinite(run.history["train_loss"]).all()
+
+
+def test_prediction_refuses_another_grid(cache):
+    src = _fake_source()
+    split = starnet_split(src, seed=0)
+    run = train_starnet(src, split, "apogee", "true", TrainConfig(epochs=1, batch_size=16),
+                        progress=False)
+    nir = starnet_data(src, split, "nirspec")
+    with pytest.raises(ValueError, match="apogee"):
+        predict(run, nir["test"])
+    with pytest.raises(ValueError, match="another grid"):
+        predict(run, np.ones((3, 61), np.float32))
+    with pytest.raises(ValueError, match="labels must be"):
+        train_starnet(src, split, "apogee", "ASPCAP", progress=False)
+
+
+def test_real_like_source_has_no_truth_or_nirspec(cache):
+    src = _fake_source()
+    src.kind, src.truth = "real", None
+    del src.spectra["nirspec"]
+    with pytest.raises(ValueError, match="no true labels"):
+        src.labels(src.paired_ids[:3], "true")
+    with pytest.raises(ValueError, match="no nirspec"):
+        src.modality("nirspec")
+
+
+# ---------------------------------------------------------------------------------------
+# evaluation
+# ---------------------------------------------------------------------------------------
+
+def test_ridge_matches_scikit_learn():
+    from sklearn.linear_model import Ridge
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 40)).astype(np.float32)
+    y = x[:, :3] @ rng.normal(size=(3, 2)) + rng.normal(0, 0.1, (300, 2))
+    r = fit_ridge(x[:200], y[:200], x[200:250], y[200:250], alphas=[1e-3, 1e-1, 10.0])
+    for j in range(2):
+        ys = (y[:200, j] - y[:200, j].mean()) / y[:200, j].std()
+        sk = Ridge(alpha=float(r.alpha[j])).fit(x[:200].astype(np.float64), ys)
+        mine = r.predict(x[250:])[:, j]
+        theirs = sk.predict(x[250:].astype(np.float64)) * y[:200, j].std() + y[:200, j].mean()
+        assert np.allclose(mine, theirs, atol=1e-4)
+
+
+def test_label_metrics_and_calibration_on_known_errors():
+    rng = np.random.default_rng(1)
+    truth = rng.normal(size=(20000, 20))
+    pred = truth + 0.1 + rng.normal(0, 0.5, truth.shape)
+    m = label_metrics(pred, truth, LABEL_NAMES)
+    assert np.allclose(m["bias"], 0.1, atol=0.02) and np.allclose(m["rmse"], np.hypot(0.1, 0.5),
+                                                                   atol=0.02)
+    assert np.allclose(m["r2"], 1 - m["rmse"] ** 2, atol=0.03)
+    c = calibration(pred - 0.1, np.full(truth.shape, 0.5), truth, LABEL_NAMES)
+    assert np.allclose(c["z_std"], 1, atol=0.03) and np.allclose(c["within_1sigma"], 0.683,
+                                                                 atol=0.02)
+
+
+def test_ridge_primal_and_dual_agree():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(120, 60)).astype(np.float32)
+    y = x[:, :4] @ rng.normal(size=(4, 3)) + rng.normal(0, 0.1, (120, 3))
+    y[5, 1] = np.nan                                   # a missing label drops the row
+    primal = fit_ridge(x[:100], y[:100], x[100:], y[100:], alphas=[1e-2, 1.0])
+    dual = fit_ridge(x[:40], y[:40], x[100:], y[100:], alphas=[1e-2, 1.0])   # 39 < 60
+    assert primal.columns.size == dual.columns.size == 60
+    from sklearn.linear_model import Ridge
+    keep = np.delete(np.arange(40), 5)
+    ys = (y[keep, 0] - y[keep, 0].mean()) / y[keep, 0].std()
+    sk = Ridge(alpha=float(dual.alpha[0])).fit(x[keep].astype(np.float64), ys)
+    assert np.allclose(dual.predict(x[100:])[:, 0],
+                       sk.predict(x[100:].astype(np.float64)) * y[keep, 0].std() + y[keep, 0].mean(),
+                       atol=1e-4)
+
+
+def test_chapter_setup_names_bad_parameters(cache):
+    from helpers.starnet import chapter_setup
+
+    good = dict(n_field=5000, survey_seed=42, apogee_cache=None, max_real_stars=100,
+                split_seed=0, epochs=1, batch_size=64, lr=1e-3, step_size=5, gamma=0.1, seed=0,
+                n_boot=10)
+    for name, bad in (("epochs", 0), ("n_boot", 1), ("split_seed", -1), ("lr", 0.0),
+                      ("batch_size", 0)):
+        with pytest.raises(ValueError, match=name):
+            chapter_setup(**{**good, name: bad})
+    with pytest.raises(FileNotFoundError, match="apogee_cache"):
+        chapter_setup(**{**good, "apogee_cache": "/no/such/cache"})
+
+
+def _real_cache(tmp_path, n=60):
+    """A tiny spectra cache shaped like one built from aspcapStar files."""
+    from helpers.apogee import SpectraCacheWriter
+
+    src = _fake_source(n=n)
+    cat = src.catalogue.copy()
+    cat.loc[3, "APOGEE_ID"] = cat.loc[2, "APOGEE_ID"]      # one star observed twice
+    cat.loc[3, "SNR"] = cat.loc[2, "SNR"] + 50              # ... the second visit is better
+    cat["ASPCAPFLAG"] = np.zeros(n, np.int64)
+    cat.loc[5, "ASPCAPFLAG"] = 1 << 23                      # STAR_BAD
+    rng = np.random.default_rng(0)
+    flux = (0.8 + 0.05 * rng.standard_normal((n, 8575))).astype(np.float32)
+    out = tmp_path / "real_cache"
+    with SpectraCacheWriter(out, cat, release="dr17") as w:
+        w.write(slice(0, n), flux, np.full((n, 8575), 0.01, np.float32))
+    return out, cat
+
+
+def test_real_cache_source(cache, tmp_path):
+    from helpers.starnet import starnet_source
+
+    path, cat = _real_cache(tmp_path)
+    src = starnet_source(apogee_cache=path, max_real_stars=40)
+    assert src.kind == "real" and src.modalities == ("apogee",) and src.truth is None
+    assert len(src.paired_ids) == 40 and np.unique(src.paired_ids).size == 40
+    assert cat.APOGEE_ID[5] not in src.paired_ids            # STAR_BAD left out
+    full = starnet_source(apogee_cache=path, max_real_stars=1000)
+    assert len(full.paired_ids) == 60 - 2                     # a duplicate and a bad star
+    row = full.spectra["apogee"].rows_of([cat.APOGEE_ID[2]])[0]
+    assert row == 3                                           # the better visit is used
+    y = full.labels(full.paired_ids, "aspcap")
+    assert y.shape == (58, 20)
+    split = starnet_split(full, seed=1)
+    data = starnet_data(full, split, "apogee")
+    assert data["train"].n_pixels == 8575
+    assert split.path.parent.name == full.key and full.key.startswith("cache-")
+
+
+def test_progress_is_quiet_under_ci(monkeypatch):
+    from helpers.starnet import progress_enabled
+
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.setenv("TQDM_DISABLE", "0")
+    assert progress_enabled(True) and not progress_enabled(False)
+    monkeypatch.setenv("CI", "1")
+    assert not progress_enabled(True)
+    monkeypatch.delenv("CI")
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    assert not progress_enabled(True)
