@@ -32,3 +32,17 @@ def flux_mask_memmaps(tmp_path):
         return tuple(maps)
 
     return write
+
+
+@pytest.fixture(scope="session")
+def dask_client():
+    """A Dask client of a LocalCluster of two single-threaded worker processes (shared by
+    the tests that scale out; not the default client: use ``with dask_client.as_current()``)."""
+    distributed = pytest.importorskip("distributed")
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None,
+                                       memory_limit="3GiB")
+    client = distributed.Client(cluster, set_as_default=False)
+    client.wait_for_workers(2, timeout=60)
+    yield client
+    client.close()
+    cluster.close()

@@ -16,6 +16,7 @@ them, one concept per module:
 :mod:`helpers.ppca.chunks`     reading the data chunk by chunk
 :mod:`helpers.ppca.linalg`     small dense linear algebra
 :mod:`helpers.ppca.threads`    thread pool, BLAS threads, chunk buffers
+:mod:`helpers.ppca.dask_engine` the same fit on a dask.array, chunks on a Dask cluster
 =============================  ==========================================================
 """
 from helpers.ppca.model import ENGINE_VERSION, PPCA, fit_ppca

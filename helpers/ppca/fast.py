@@ -42,7 +42,8 @@ from helpers.ppca.layout import missing_per_pixel
 from helpers.ppca.linalg import LOG2PI, logdet_pd
 from helpers.ppca.state import FitState
 
-__all__ = ["FastEStep", "series_terms", "CG_TOL", "CG_MAXITER", "SERIES_ORDER"]
+__all__ = ["FastEStep", "series_terms", "fast_params", "fast_posterior_chunk", "fast_fill_chunk",
+           "fast_m_step", "CG_TOL", "CG_MAXITER", "SERIES_ORDER"]
 
 #: relative tolerance of the conjugate-gradient solves, in the A^{-1} norm
 CG_TOL = 1e-6
@@ -96,9 +97,10 @@ def series_terms(W, s2, c, N, order):
     return s2 * Msum, s2 * Scorr, s2 * trMG, logdet
 
 
-def _group_fast(grp, xx, Y, nobs, a, par):
-    """Pass 1 for one group of stars: CG posterior means (kept in ``par``), the group's
-    negative log-likelihood (without the log-determinants) and its number of CG steps."""
+def _group_fast(grp, xx, Y, nobs, par, Z):
+    """Pass 1 for one group of stars: CG posterior means (written into the chunk's ``Z``),
+    the group's negative log-likelihood (without the log-determinants) and its number of CG
+    steps."""
     stars, idx, _ = grp
     K, dt = par["K"], par["dt"]
     A, Ainv = par["A"], par["Ainv"]
@@ -145,13 +147,13 @@ def _group_fast(grp, xx, Y, nobs, a, par):
             p = y + beta[:, None] * p
             ry = ry_new
             n_cg += 1
-    par["Zpost"][a + stars] = z
+    Z[stars] = z
     quad = (r2 - np.einsum("ij,ij->i", b, z)) / par["s2"]
     nll = 0.5 * float(np.sum(nobs * LOG2PI + (nobs - K) * par["log_s2"] + quad))
     return nll, n_cg
 
 
-def _group_fill(grp, xflat, a, par):
+def _group_fill(grp, xflat, par, Z):
     """Pass 2 for one group: write the imputed fluxes ``W_m z_n + mu_m`` into ``xflat``
     (padding lands in the zero column D) and return their sum of squares."""
     stars, idx, flat = grp
@@ -159,7 +161,7 @@ def _group_fill(grp, xflat, a, par):
         return 0.0
     K = par["K"]
     z = np.ones((stars.size, K + 1, 1), dtype=par["dt"])
-    z[:, :K, 0] = par["Zpost"][a + stars]
+    z[:, :K, 0] = Z[stars]
     xh = np.matmul(np.take(par["Wext"], idx, axis=0), z)[:, :, 0]
     xflat[flat] = xh.ravel()
     return float(np.einsum("ij,ij->", xh, xh, dtype=np.float64))
@@ -204,62 +206,104 @@ class FastEStep:
         st, K = self.state, self.K
         D, N, dt = st.D, st.N, st.dt
         c = self.missing_counts()
-        WtW = W.T @ W
-        A = s2 * np.eye(K) + WtW
-        Ainv = np.linalg.inv(A)
-        Ainv = 0.5 * (Ainv + Ainv.T)
-        Wext = np.zeros((D + 1, K + 1), dtype=dt)
-        Wext[:D, :K] = W
-        Wext[:D, K] = m
+        par = fast_params(W, m, s2, D, K, dt)
         if self.post_z is None:
             self.post_z = np.empty((N, K))
-        par = dict(K=K, dt=dt, s2=s2, log_s2=np.log(s2), A=A, Ainv=Ainv, Wext=Wext,
-                   Wtm=W.T @ m, mm_tot=float(m @ m), Zpost=self.post_z)
+        Zall = self.post_z
         star_cnt = st.star_cnt
 
         def chunk1(a, b, lay, xc):
-            Y = (xc @ Wext).astype(np.float64)
-            xx = st.xx[a:b]
-            res = [_group_fast(grp, xx, Y, star_cnt[a + grp[0]], a, par) for grp in lay.groups()]
-            return sum(r[0] for r in res), max(r[1] for r in res)
+            return fast_posterior_chunk(xc, lay, st.xx[a:b], star_cnt[a:b], par, Zall[a:b])
 
         res = st.map_chunks(chunk1)
         nll = float(sum(r[0] for r in res))
         n_cg_max = max(r[1] for r in res)
-        SigSum, Scorr, trMG, logdet_sum = series_terms(W, s2, c, N, SERIES_ORDER)
-        nll += 0.5 * logdet_sum
+        series = series_terms(W, s2, c, N, SERIES_ORDER)
+        nll += 0.5 * series[3]
         self.cg_steps.append(n_cg_max)
 
         def finish():
-            Zall = par["Zpost"]
-
             def chunk2(a, b, lay, xc):
-                xflat = xc.reshape(-1)
-                ex2 = sum(_group_fill(grp, xflat, a, par) for grp in lay.groups())
-                ex2 += float(st.xx[a:b].sum())
-                Za = np.empty((b - a, K + 1), dtype=dt)
-                Za[:, :K] = Zall[a:b]
-                Za[:, K] = 1
-                return ex2, (xc.T @ Za).astype(np.float64)
+                return fast_fill_chunk(xc, lay, st.xx[a:b], Zall[a:b], par)
 
             Sxz = np.zeros((D + 1, K + 1))
             ex2 = 0.0
             for ex2_k, sxz_k in st.map_chunks(chunk2):
                 ex2 += ex2_k
                 Sxz += sxz_k
-            Szz = SigSum + Zall.T @ Zall
-            zsum = Zall.sum(axis=0)
-            ex2 += float(c.sum()) * s2 + trMG
-            Sxz = Sxz[:D]
-            Sxz[:, :K] += Scorr
-            Am = np.empty((K + 1, K + 1))
-            Am[:K, :K] = Szz
-            Am[:K, K] = zsum
-            Am[K, :K] = zsum
-            Am[K, K] = N
-            Wt = np.linalg.solve(Am, Sxz.T).T
-            s2_new = (ex2 - float(np.sum(Wt * Sxz))) / (N * D)
-            s2_new = max(s2_new, 1e-12 * s2)
-            return Wt[:, :K].copy(), Wt[:, K].copy(), s2_new
+            return fast_m_step(ex2, Sxz, Zall.T @ Zall, Zall.sum(axis=0), series, c, N, par)
 
         return nll, finish
+
+
+def fast_params(W, m, s2, D, K, dt) -> dict:
+    """What every chunk of a fast E-step shares: ``[W m]`` and ``A = s2 I + W^T W``.
+
+    Book: {ref}`sec-rsca-ppca`
+    """
+    A = s2 * np.eye(K) + W.T @ W
+    Ainv = np.linalg.inv(A)
+    Ainv = 0.5 * (Ainv + Ainv.T)
+    Wext = np.zeros((D + 1, K + 1), dtype=dt)
+    Wext[:D, :K] = W
+    Wext[:D, K] = m
+    return dict(D=D, K=K, dt=dt, s2=s2, log_s2=np.log(s2), A=A, Ainv=Ainv, Wext=Wext,
+                Wtm=W.T @ m, mm_tot=float(m @ m))
+
+
+def fast_posterior_chunk(xc, lay, xx, nobs, par, Z):
+    """Pass 1 of the fast E-step on one chunk (arguments as
+    :func:`helpers.ppca.exact.posterior_chunk`): posterior means into ``Z`` (n, K).
+
+    Book: {ref}`sec-rsca-ppca`
+
+    Returns
+    -------
+    nll : float
+        The chunk's negative log-likelihood without the log-determinants.
+    n_cg : int
+        The largest number of CG steps of its groups.
+    """
+    Y = (xc @ par["Wext"]).astype(np.float64)
+    res = [_group_fast(grp, xx, Y, nobs[grp[0]], par, Z) for grp in lay.groups()]
+    return sum(r[0] for r in res), max(r[1] for r in res)
+
+
+def fast_fill_chunk(xc, lay, xx, Z, par):
+    """Pass 2 of the fast E-step on one chunk: imputed fluxes written into ``xc``; returns
+    ``(sum E||x~_n||^2 without the covariance terms, sum x~ [z 1]^T ((D+1, K+1)))``.
+
+    Book: {ref}`sec-rsca-ppca`
+    """
+    K, dt = par["K"], par["dt"]
+    xflat = xc.reshape(-1)
+    ex2 = sum(_group_fill(grp, xflat, par, Z) for grp in lay.groups())
+    ex2 += float(xx.sum())
+    Za = np.empty((xc.shape[0], K + 1), dtype=dt)
+    Za[:, :K] = Z
+    Za[:, K] = 1
+    return ex2, (xc.T @ Za).astype(np.float64)
+
+
+def fast_m_step(ex2, Sxz, ZtZ, zsum, series, c, N, par):
+    """The M-step of the fast E-step from the chunks' sums and :func:`series_terms`.
+
+    Book: {ref}`sec-rsca-ppca`
+
+    Returns the new ``(W, m, sigma2)``.
+    """
+    K, D, s2 = par["K"], par["D"], par["s2"]
+    SigSum, Scorr, trMG, _ = series
+    Szz = SigSum + ZtZ
+    ex2 += float(c.sum()) * s2 + trMG
+    Sxz = Sxz[:D].copy()
+    Sxz[:, :K] += Scorr
+    Am = np.empty((K + 1, K + 1))
+    Am[:K, :K] = Szz
+    Am[:K, K] = zsum
+    Am[K, :K] = zsum
+    Am[K, K] = N
+    Wt = np.linalg.solve(Am, Sxz.T).T
+    s2_new = (ex2 - float(np.sum(Wt * Sxz))) / (N * D)
+    s2_new = max(s2_new, 1e-12 * s2)
+    return Wt[:, :K].copy(), Wt[:, K].copy(), s2_new

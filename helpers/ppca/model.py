@@ -48,6 +48,7 @@ from __future__ import annotations
 import numpy as np
 
 from helpers.ppca.chunks import read_chunk
+from helpers.ppca.dask_engine import fit_em_dask, is_dask_array
 from helpers.ppca.engine import fit_em
 from helpers.ppca.layout import missing_layout
 from helpers.ppca.linalg import pack_outer, packed_index, unpack_sym
@@ -227,11 +228,32 @@ class PPCA:
         Returns
         -------
         self : PPCA
+
+        Notes
+        -----
+        A ``dask.array`` ``X`` (with ``mask`` and ``weights`` as dask arrays too) is fitted
+        on the Dask cluster this process is connected to (:mod:`helpers.ppca.dask_engine`,
+        {ref}`sec-rsca-ppca`): each row block is one chunk, read and processed on a
+        worker, and the results agree with the single-machine fit up to float rounding.
+        ``chunk_size`` is then not used.
         """
         dt = self._check_params()
         X, mask, weights = self._check_arrays(X, mask, weights)
         if weights is not None and self.method == "fast":
             raise ValueError("method='fast' supports no weights; use method='exact'")
+        if is_dask_array(X):
+            for name, arr in (("mask", mask), ("weights", weights)):
+                if arr is not None and not is_dask_array(arr):
+                    raise TypeError(f"X is a dask array, so {name} must be one too (e.g. "
+                                    f"dask.array.from_zarr); got {type(arr).__name__}")
+            fitted = fit_em_dask(X, mask, weights, n_components=self.n_components,
+                                 tol=self.tol, max_iter=self.max_iter,
+                                 random_state=self.random_state, dtype=dt,
+                                 n_init_rows=self.n_init_rows, verbose=self.verbose,
+                                 method=self.method)
+            for name, value in fitted.items():
+                setattr(self, name, value)
+            return self
         with blas_threads(1):
             fitted = fit_em(X, mask, weights, n_components=self.n_components, tol=self.tol,
                             max_iter=self.max_iter, random_state=self.random_state,

@@ -13,7 +13,8 @@ from helpers.ppca.linalg import max_angle_deg, orth, row_sq
 from helpers.ppca.state import FitState
 
 __all__ = ["START_ANGLE_TOL", "START_MAX_ROUNDS", "initial_parameters", "start_fit", "fit_ext",
-           "impute_chunk"]
+           "impute_chunk", "fill_subsample_block", "finish_start", "SubsampleChunks",
+           "sketch_chunk", "impute_project_chunk"]
 
 
 #: the start stops refining once the subspace moves by less than this between rounds (degrees)
@@ -41,8 +42,7 @@ def initial_parameters(state: FitState, K: int, n_init_rows: int, random_state, 
     rng = np.random.default_rng(random_state)
     if state.kept:
         # every star, already centred with missing entries 0 by the scan
-        Xs, lay_s, chunks_s, xx_s, cs_s = (state.buf, state.layouts, state.chunks, state.xx,
-                                           state.col_sum)
+        src = SubsampleChunks(state.buf, state.layouts, state.chunks, state.xx, state.col_sum)
     else:
         mu0_dt = state.mu0_dt
         cs = chunk_size
@@ -53,43 +53,182 @@ def initial_parameters(state: FitState, K: int, n_init_rows: int, random_state, 
         lay_s, chunks_s = [], []
         for i0 in range(0, n_s, cs):
             r = rows[i0:i0 + cs]
-            blk = Xs[i0:i0 + r.size]
-            xs = blk[:, :D]
-            np.copyto(xs, X[r], casting="unsafe")
-            ob = np.asarray(mask[r]) if mask is not None else np.isfinite(xs)
-            if weights is not None:
-                ob = ob & (np.asarray(weights[r]) > 0)
-            np.subtract(xs, mu0_dt, out=xs)
-            lay = missing_layout(~ob, D)
-            blk.reshape(-1)[lay.flat] = 0
-            xx_s[i0:i0 + r.size] = row_sq(blk)
-            cs_s += blk.sum(axis=0, dtype=np.float64)
+            lay, xx_s[i0:i0 + r.size], col = fill_subsample_block(
+                Xs[i0:i0 + r.size], X[r], None if mask is None else mask[r],
+                None if weights is None else weights[r], mu0_dt)
+            cs_s += col
             lay_s.append(lay)
             chunks_s.append((i0, i0 + r.size))
         for arr in (X, mask, weights):      # the random rows touched most of the file's pages
             if arr is not None:
                 release_pages(arr, 0, N)
-    W, m, s2, start_info = start_fit(Xs, lay_s, chunks_s, xx_s, cs_s[:D], K, rng, tol=tol)
-    del Xs
-    if weights is not None:
-        s2 = s2 * (state.w_sum / state.n_obs_total)  # sigma2 multiplies 1/omega
-    if not state.kept:
-        # The subsample's own mean is noisier than the observed means mu0 of all N stars:
-        # keep only what imputation changes, its imputed minus its observed means.
-        cnt_s = n_s - missing_per_pixel(lay_s, D)
-        m = m - np.divide(cs_s[:D], cnt_s, out=m.copy(), where=cnt_s > 0)
+        src = SubsampleChunks(Xs, lay_s, chunks_s, xx_s, cs_s[:D])
+    W, m, s2, start_info = start_fit(src, K, rng, tol=tol)
+    del src
+    return finish_start(W, m, s2, start_info, state.kept, weights is not None,
+                        state.w_sum / state.n_obs_total if weights is not None else 1.0,
+                        None if state.kept else cs_s[:D],
+                        None if state.kept else n_s - missing_per_pixel(lay_s, D))
+
+
+def fill_subsample_block(blk, xr, obr, wr, mu0_dt):
+    """Copy the subsample rows ``xr`` into ``blk`` centred on ``mu0``, missing entries 0.
+
+    Book: {ref}`sec-rsca-ppca`
+
+    Parameters
+    ----------
+    blk : ndarray, shape (n, D + 1)
+        Zero-filled output (the padding column D stays 0).
+    xr : array_like, shape (n, D)
+        The rows' fluxes.
+    obr, wr : array_like, shape (n, D), or None
+        Their observed mask and weights (a pixel of weight 0 counts as missing).
+    mu0_dt : ndarray, shape (D,)
+        The reference spectrum in the working dtype.
+
+    Returns
+    -------
+    layout, xx (n,), column sums (D + 1,) (float64)
+    """
+    D = blk.shape[1] - 1
+    xs = blk[:, :D]
+    np.copyto(xs, xr, casting="unsafe")
+    ob = np.asarray(obr) if obr is not None else np.isfinite(xs)
+    if wr is not None:
+        ob = ob & (np.asarray(wr) > 0)
+    np.subtract(xs, mu0_dt, out=xs)
+    lay = missing_layout(~ob, D)
+    blk.reshape(-1)[lay.flat] = 0
+    return lay, row_sq(blk), blk.sum(axis=0, dtype=np.float64)
+
+
+def finish_start(W, m, s2, start_info, kept, weighted, w_scale, cs_s, cnt_s):
+    """The start's ``(W, m, sigma2, info)`` relative to the whole data's ``mu0``.
+
+    Book: {ref}`sec-rsca-ppca`
+
+    With weights, ``sigma2`` becomes the factor on ``1/omega`` (``w_scale``: mean weight of
+    the observed entries).  Without the kept copy, the subsample's own mean is noisier than
+    the observed means ``mu0`` of all N stars: only what imputation changes, its imputed
+    minus its observed means (``cs_s / cnt_s``: the subsample's column sums and counts of
+    observed entries), is kept.
+    """
+    if weighted:
+        s2 = s2 * w_scale  # sigma2 multiplies 1/omega
+    if not kept:
+        m = m - np.divide(cs_s, cnt_s, out=m.copy(), where=cnt_s > 0)
     return W, m, s2, start_info
 
 
-def start_fit(Xs, layouts, chunks, xx, col_sum, K, rng, tol=0.0):
+class SubsampleChunks:
+    """The start's subsample in memory, its chunks run in a pool of threads.
+
+    Book: {ref}`sec-rsca-ppca`
+
+    What :func:`start_fit` reads its subsample through (a cluster's workers hold theirs in
+    :class:`helpers.ppca.dask_engine.DaskSubsample`): ``n``, ``D``, ``dt``, the number of
+    observed entries ``n_obs``, ``xx_sum`` and ``col_sum``, and three passes, each a map over
+    the chunks (:func:`sketch_chunk`, :func:`impute_project_chunk`, :func:`impute_chunk`)
+    followed by a sum or a concatenation.
+
+    Parameters
+    ----------
+    Xs : ndarray, shape (n, D + 1)
+        Centred on ``mu0``, missing entries and the padding column D set to 0.
+    layouts, chunks : lists
+        Missing-pixel layout and row range ``(a, b)`` of each chunk.
+    xx : ndarray, shape (n,)
+        Sums of squares of the rows.
+    col_sum : ndarray, shape (D,)
+        Column sums.
+    """
+
+    def __init__(self, Xs, layouts, chunks, xx, col_sum):
+        self.Xs, self.layouts, self.chunks = Xs, layouts, chunks
+        self.n, self.D = Xs.shape[0], Xs.shape[1] - 1
+        self.dt = Xs.dtype
+        self.n_obs = float(self.n * self.D - sum(lay.n_miss for lay in layouts))
+        self.xx_sum = float(xx.sum())
+        self.col_sum = col_sum
+        self._map = threads.group_mapper()
+
+    def pass_T(self, Vp):
+        """``T = Xs Vp`` (uncentred), float64 (n, p)."""
+        Vp_dt = Vp.astype(self.dt)
+        T = np.empty((self.n, Vp.shape[1]), dtype=self.dt)
+
+        def job(k):
+            a, b = self.chunks[k]
+            sketch_chunk(self.Xs[a:b], Vp_dt, out=T[a:b])
+
+        for _ in self._map(job, range(len(self.chunks))):
+            pass
+        return T.astype(np.float64)
+
+    def pass_Z(self, Tc, fit):
+        """Impute with ``fit`` (if any), then ``Z = Xs^T Tc``: ``(Z, new_sum, new_sq)``."""
+        Tc_dt = Tc.astype(self.dt)
+
+        def job(k):
+            a, b = self.chunks[k]
+            fit_k = None if fit is None else (fit[0], fit[1][a:b])
+            return impute_project_chunk(self.Xs[a:b], self.layouts[k], Tc_dt[a:b], fit_k)
+
+        Z = np.zeros((self.D, Tc.shape[1]))
+        new_sum = np.zeros(self.D + 1) if fit is not None else None
+        new_sq = 0.0
+        for imp, Zk in self._map(job, range(len(self.chunks))):
+            Z += Zk
+            if imp is not None:
+                new_sum += imp[2]
+                new_sq += imp[3]
+        return Z, new_sum, new_sq
+
+    def gather(self, fit):
+        """The residual at the missing entries (still 0) under ``fit``, summed."""
+        def job(k):
+            a, b = self.chunks[k]
+            return impute_chunk(self.Xs[a:b], self.layouts[k], fit[0], fit[1][a:b], False)
+
+        resid = 0.0
+        for so, rs, _, _ in self._map(job, range(len(self.chunks))):
+            resid += rs
+        return resid
+
+
+def sketch_chunk(xs, Vp_dt, out=None):
+    """``xs[:, :D] @ Vp`` for one chunk of the start's subsample (into ``out`` if given).
+
+    Book: {ref}`sec-rsca-ppca`
+    """
+    D = xs.shape[1] - 1
+    return np.matmul(xs[:, :D], Vp_dt, out=out)
+
+
+def impute_project_chunk(xs, lay, Tc_dt, fit):
+    """Impute one chunk with ``fit`` (``(Vext, Text rows of the chunk)`` or None), writing
+    into ``xs``, then ``xs^T Tc``: ``(impute_chunk's sums or None, Z_k (D, p) float64)``.
+
+    Book: {ref}`sec-rsca-ppca`
+    """
+    D = xs.shape[1] - 1
+    imp = None
+    if fit is not None:
+        imp = impute_chunk(xs, lay, fit[0], fit[1], True)
+    return imp, (xs[:, :D].T @ Tc_dt).astype(np.float64)
+
+
+def start_fit(src, K, rng, tol=0.0):
     """Starting ``(W, m, sigma2)``: a rank-K fit of the subsample ``Xs`` with its missing
     entries imputed by the fit itself.
 
     Book: {ref}`sec-rsca-ppca`
 
-    ``Xs`` is ``(n, D + 1)``, centred on the reference spectrum ``mu0``, missing entries 0
-    (and the padding column D 0); ``layouts``/``chunks`` give its missing entries, ``xx`` the
-    sums of squares of its rows and ``col_sum`` its column sums.  Each round is one step of
+    ``src`` holds the subsample (:class:`SubsampleChunks` in memory, or
+    :class:`helpers.ppca.dask_engine.DaskSubsample` on a cluster's workers): ``n`` rows
+    centred on the reference spectrum ``mu0``, missing entries 0, their sums of squares and
+    column sums, and the three chunk passes this function needs.  Each round is one step of
     subspace iteration on ``p`` columns (K + 2 rounded up to a multiple of 8) of the imputed
     matrix ``X`` centred on its mean ``m``, in two passes over ``Xs`` with chunks in
     parallel: the first imputes every missing entry by the previous round's fit
@@ -112,66 +251,29 @@ def start_fit(Xs, layouts, chunks, xx, col_sum, K, rng, tol=0.0):
     (the last change of their imputed values, negligible).  Returns ``(W, m, sigma2, info)``,
     ``m`` relative to ``mu0``.
     """
-    n, D1 = Xs.shape
-    D = D1 - 1
-    dt = Xs.dtype
+    n, D, dt = src.n, src.D, src.dt
     p = min(-(-(K + 2) // 8) * 8, n, D)   # a multiple of 8: BLAS runs skinny products faster
-    n_obs = float(n * D - sum(lay.n_miss for lay in layouts))
-    xx_sum = float(xx.sum())
+    n_obs = src.n_obs
+    xx_sum = src.xx_sum
+    col_sum = src.col_sum
     miss_sum = np.zeros(D + 1)              # per-pixel sums of the imputed values
-    _map = threads.group_mapper()
-    idx_chunks = range(len(chunks))
-
-    def pass_T(Vp):
-        """T = Xs Vp (uncentred), chunks in parallel."""
-        Vp_dt = Vp.astype(dt)
-        T = np.empty((n, Vp.shape[1]), dtype=dt)
-
-        def job(k):
-            a, b = chunks[k]
-            np.matmul(Xs[a:b, :D], Vp_dt, out=T[a:b])
-
-        for _ in _map(job, idx_chunks):
-            pass
-        return T.astype(np.float64)
-
-    def pass_Z(Tc, fit):
-        """Impute with ``fit`` (if any), then Z = Xs^T Tc, chunk by chunk in parallel."""
-        Tc_dt = Tc.astype(dt)
-
-        def job(k):
-            a, b = chunks[k]
-            imp = None
-            if fit is not None:
-                imp = impute_chunk(Xs[a:b], layouts[k], fit[0], fit[1][a:b], True)
-            return imp, (Xs[a:b, :D].T @ Tc_dt[a:b]).astype(np.float64)
-
-        Z = np.zeros((D, Tc.shape[1]))
-        new_sum = np.zeros(D + 1) if fit is not None else None
-        new_sq = 0.0
-        for imp, Zk in _map(job, idx_chunks):
-            Z += Zk
-            if imp is not None:
-                new_sum += imp[2]
-                new_sq += imp[3]
-        return Z, new_sum, new_sq
 
     Om = rng.standard_normal((D, p))        # a random sketch to begin with
     m = col_sum / n
-    Tc = pass_T(Om) - m @ Om
+    Tc = src.pass_T(Om) - m @ Om
     fit = None
     VK_prev = None
     angles = []
     sq_now = 0.0                            # sum of squares of the values at missing entries
     s2_hist = []
     for r in range(START_MAX_ROUNDS):
-        Z, new_sum, new_sq = pass_Z(Tc, fit)
+        Z, new_sum, new_sq = src.pass_Z(Tc, fit)
         if new_sum is not None:
             miss_sum, sq_now = new_sum, new_sq
         m = (col_sum + miss_sum[:D]) / n     # mean of the matrix as now imputed
         Z -= np.outer(m, Tc.sum(axis=0))
         Vp = orth(Z)
-        Tc = pass_T(Vp) - m @ Vp
+        Tc = src.pass_T(Vp) - m @ Vp
         ev, U = np.linalg.eigh(Tc.T @ Tc)
         U = U[:, ::-1][:, :K]
         ev = ev[::-1][:K]
@@ -203,12 +305,7 @@ def start_fit(Xs, layouts, chunks, xx, col_sum, K, rng, tol=0.0):
             sq_old, resid = sq_now, 0.0
             if not imputed:
                 # missing entries still 0: their residual under this fit counts in full
-                def gather(k, fit=fit):
-                    a, b = chunks[k]
-                    return impute_chunk(Xs[a:b], layouts[k], fit[0], fit[1][a:b], False)
-
-                for so, rs, _, _ in _map(gather, idx_chunks):
-                    resid += rs
+                resid = src.gather(fit)
             # (after imputation, their residual is the last change of the imputed values,
             # about 1e-5 of the residual of the observed entries: neglected)
             break

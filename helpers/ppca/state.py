@@ -22,7 +22,7 @@ from helpers.ppca.chunks import read_chunk, scan_chunk
 from helpers.ppca.layout import MissingChunk
 from helpers.ppca.linalg import row_sq
 
-__all__ = ["FitState", "scan"]
+__all__ = ["FitState", "scan", "scan_weighted_chunk"]
 
 
 @dataclass
@@ -168,6 +168,22 @@ class FitState:
         return xc, obs, om
 
 
+def scan_weighted_chunk(X, mask, weights, a, b, dt):
+    """Pass 0 of a weighted fit on rows ``a:b`` (checked by :func:`read_chunk`).
+
+    Book: {ref}`sec-rsca-ppca`
+
+    Returns the column sums (float64) and counts of the observed values, the observed
+    pixels of each star, the sum of the log weights of each star's observed pixels and the
+    sum of all weights.
+    """
+    xc, obs, om = read_chunk(X, mask, weights, a, b, dt)
+    x0 = np.where(obs, xc, 0)
+    return (x0.sum(axis=0, dtype=np.float64), obs.sum(axis=0), obs.sum(axis=1),
+            np.log(np.where(obs, om, 1), dtype=np.float64).sum(axis=1),
+            om.sum(dtype=np.float64))
+
+
 def scan(X, mask, weights, dt, chunk_size, keep) -> FitState:
     """Pass 0: check the data, count observed pixels, build the missing-pixel layouts.
 
@@ -240,14 +256,11 @@ def scan(X, mask, weights, dt, chunk_size, keep) -> FitState:
         del pool
     else:
         for a, b in chunks:
-            xc, obs, om = read_chunk(X, mask, weights, a, b, dt)
-            x0 = np.where(obs, xc, 0)
-            col_sum += x0.sum(axis=0, dtype=np.float64)
-            col_cnt += obs.sum(axis=0)
-            star_cnt[a:b] = obs.sum(axis=1)
-            logw_sum[a:b] = np.log(np.where(obs, om, 1), dtype=np.float64).sum(axis=1)
-            w_sum += om.sum(dtype=np.float64)
-            del xc, obs, om
+            cs_k, cc_k, star_cnt[a:b], logw_sum[a:b], ws_k = scan_weighted_chunk(
+                X, mask, weights, a, b, dt)
+            col_sum += cs_k
+            col_cnt += cc_k
+            w_sum += ws_k
     empty_cols = np.flatnonzero(col_cnt == 0)
     if empty_cols.size:
         raise ValueError(f"X: {empty_cols.size} pixel column(s) are missing for every star "
