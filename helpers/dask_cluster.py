@@ -97,7 +97,8 @@ def connect(scheduler=None, *, n_workers: int = 2, threads_per_worker: int = 1,
 
 def path_fingerprint(path) -> str:
     """What identifies a data path across machines: for a folder, the names and sizes of
-    its entries (and of a Zarr store's metadata files' contents), for a file its size.
+    its entries (and a Zarr store's or cache's metadata files' contents), for a file its
+    contents (up to 1 MB) or its size.
 
     Book: {ref}`page-sweeps`
 
@@ -107,7 +108,8 @@ def path_fingerprint(path) -> str:
     p = Path(path)
     h = hashlib.sha256()
     if p.is_file():
-        h.update(f"file:{p.stat().st_size}".encode())
+        size = p.stat().st_size
+        h.update(p.read_bytes() if size <= 2 ** 20 else f"file:{size}".encode())
         return h.hexdigest()[:16]
     if not p.is_dir():
         return "missing"
