@@ -29,14 +29,13 @@ changed in place on a worker), so a lost worker's chunks are recomputed by Dask.
 """
 from __future__ import annotations
 
-import operator
 import time
 
 import numpy as np
 
 from helpers.dask_cluster import ClusterError, check_workers, data_paths
 from helpers.ppca.dask_tasks import (exact_pass1_task, exact_pass2_task, fast_pass1_task,
-                                     fast_pass2_task, gather_task, impute_project_task, nobs_of,
+                                     fast_pass2_task, gather_task, impute_project_task,
                                      recentre_task, scan_task, scan_weighted_task, sketch_task,
                                      subsample_task, sum_parts, weighted_task)
 from helpers.ppca.engine import canonical_form, em_iterations
@@ -83,9 +82,13 @@ class DaskData:
         for name, arr in (("mask", mask), ("weights", weights)):
             self.blocks[name] = (list(arr.rechunk((rows, -1)).to_delayed().ravel())
                                  if arr is not None else [None] * len(rows))
-        workers = sorted(client.scheduler_info()["workers"])
+        workers = sorted(client.nthreads())      # asks the scheduler now (not a cached view)
         if not workers:
-            raise ClusterError("the Dask cluster has no worker")
+            try:
+                client.wait_for_workers(1, timeout=30)
+            except TimeoutError:
+                raise ClusterError("the Dask cluster has no worker") from None
+            workers = sorted(client.nthreads())
         keys = [blk.key for blk in self.blocks["X"]]
         where = client.who_has(keys)           # a persisted array's blocks have a place
         self.home = [(list(where.get(key, ())) or [workers[k % len(workers)]])[0]
@@ -98,43 +101,52 @@ class DaskData:
         """``value`` on every worker (one future; a dict is one object, not a key mapping)."""
         return self.client.scatter([value], broadcast=True, hash=False)[0]
 
-    def run(self, fn, *args, per_chunk=None, blocks=True, k_list=None):
-        """One task ``fn(state_k, X_k, mask_k, weights_k, *args, *per_chunk[k])`` per chunk,
-        on its home worker; futures in chunk order.  Without ``blocks`` (or with the kept
-        copy) the blocks are not read."""
-        from dask import delayed
+    def map_reduce(self, fn, *args, roles, per_chunk=None, k_list=None, blocks=True,
+                   states=None):
+        """One pass: ``fn(state_k, X_k, mask_k, weights_k, *args, *per_chunk[k])`` for every
+        chunk k on its home worker, all in one task graph.
 
-        out = []
-        for k in (range(len(self.chunks)) if k_list is None else k_list):
+        ``fn`` returns a tuple whose items have the ``roles`` (one per item, or one role for
+        the whole result): ``"reduce"`` items are summed on each worker in chunk order, then
+        here in worker order; ``"keep"`` items stay on the workers (futures, in chunk order);
+        ``"gather"`` items come back here (lists, in chunk order).  Without ``blocks`` (or
+        with the kept copy) the blocks are not read; ``states`` replaces the chunk states
+        (e.g. the start's subsample).  Returns ``{role: [...]}`` with, for ``"reduce"``, the
+        sums.
+        """
+        from dask import annotate, delayed
+
+        ks = list(range(len(self.chunks))) if k_list is None else list(k_list)
+        states = self.states if states is None else states
+        single = isinstance(roles, str)
+        roles = (roles,) if single else tuple(roles)
+        items = {r: [] for r in ("reduce", "keep", "gather")}
+        reduce_by_worker: dict = {}
+        for j, k in enumerate(ks):
             if blocks and not self.keep:
                 xb, mb, wb = (self.blocks[n][k] for n in ("X", "mask", "weights"))
             else:
                 xb = mb = wb = None
-            extra = tuple(per_chunk[k]) if per_chunk is not None else ()  # list or dict
-            task = delayed(fn, pure=False)(self.states[k], xb, mb, wb, *args, *extra)
-            out.append(self.client.compute(task, workers=[self.home[k]],
-                                           allow_other_workers=True))
-        return out
-
-    def submit(self, fn, *args, k, **kw):
-        """``fn(*args)`` on chunk k's home worker."""
-        return self.client.submit(fn, *args, workers=[self.home[k]], allow_other_workers=True,
-                                  pure=False, **kw)
-
-    def split(self, futs, i, k_list=None):
-        """Item i of each chunk's result (futures, on the same workers)."""
-        ks = range(len(futs)) if k_list is None else k_list
-        return [self.submit(operator.getitem, f, i, k=k) for f, k in zip(futs, ks)]
-
-    def tree_sum(self, futs, k_list=None):
-        """Sum chunk results: first on each worker (chunk order), then here (worker order)."""
-        ks = list(range(len(futs))) if k_list is None else list(k_list)
-        groups: dict = {}
-        for f, k in zip(futs, ks):
-            groups.setdefault(self.home[k], []).append((k, f))
-        partial = [self.submit(sum_parts, *[f for _, f in items], k=items[0][0])
-                   for _, items in sorted(groups.items())]
-        return sum_parts(*self.client.gather(partial))
+            extra = tuple(per_chunk[j]) if per_chunk is not None else ()
+            with annotate(workers=[self.home[k]], allow_other_workers=True):
+                res = delayed(fn, pure=False, nout=None if single else len(roles))(
+                    states[j] if states is not self.states else states[k], xb, mb, wb, *args,
+                    *extra)
+                parts = [res] if single else [res[i] for i in range(len(roles))]
+            for role, part in zip(roles, parts):
+                if role == "reduce":
+                    reduce_by_worker.setdefault(self.home[k], []).append(part)
+                else:
+                    items[role].append(part)
+        sums = []
+        for w, parts in sorted(reduce_by_worker.items()):
+            with annotate(workers=[w], allow_other_workers=True):
+                sums.append(delayed(sum_parts, pure=False)(*parts))
+        n_s, n_g = len(sums), len(items["gather"])
+        futs = self.client.compute(sums + items["gather"] + items["keep"])
+        got = self.client.gather(futs[:n_s + n_g])
+        return {"reduce": sum_parts(*got[:n_s]) if n_s else None,
+                "gather": got[n_s:], "keep": futs[n_s + n_g:]}
 
 
 class DaskSubsample:
@@ -156,20 +168,21 @@ class DaskSubsample:
     def pass_T(self, Vp):
         """``T = Xs Vp`` (uncentred), float64 (n, p)."""
         d = self.data
-        Vp_f = d.scatter(Vp.astype(self.dt))
-        futs = [d.submit(sketch_task, s, Vp_f, k=k) for s, k in zip(self.subs, self.k_list)]
-        return np.concatenate(d.client.gather(futs)).astype(np.float64)
+        out = d.map_reduce(sketch_task, d.scatter(Vp.astype(self.dt)), roles="gather",
+                           k_list=self.k_list, blocks=False, states=self.subs)
+        return np.concatenate(out["gather"]).astype(np.float64)
 
     def pass_Z(self, Tc, fit):
         """Impute with ``fit`` (if any), then ``Z = Xs^T Tc``: ``(Z, new_sum, new_sq)``."""
         d = self.data
         Tc_dt = Tc.astype(self.dt)
         Vext_f = d.scatter(fit[0]) if fit is not None else None
-        res = [d.submit(impute_project_task, s, Tc_dt[self._rows(j)], Vext_f,
-                        None if fit is None else fit[1][self._rows(j)], k=k)
-               for j, (s, k) in enumerate(zip(self.subs, self.k_list))]
-        self.subs = d.split(res, 0, self.k_list)
-        imp, Z = d.tree_sum(d.split(res, 1, self.k_list), self.k_list)
+        per = [(Tc_dt[self._rows(j)], None if fit is None else fit[1][self._rows(j)])
+               for j in range(len(self.k_list))]
+        out = d.map_reduce(impute_project_task, Vext_f, roles=("keep", "reduce"),
+                           per_chunk=per, k_list=self.k_list, blocks=False, states=self.subs)
+        self.subs = out["keep"]
+        imp, Z = out["reduce"]
         if imp is None:
             return Z, None, 0.0
         return Z, imp[2], imp[3]
@@ -177,10 +190,10 @@ class DaskSubsample:
     def gather(self, fit):
         """The residual at the missing entries (still 0) under ``fit``, summed."""
         d = self.data
-        Vext_f = d.scatter(fit[0])
-        futs = [d.submit(gather_task, s, Vext_f, fit[1][self._rows(j)], k=k)
-                for j, (s, k) in enumerate(zip(self.subs, self.k_list))]
-        return float(sum(d.client.gather(futs)))
+        per = [(fit[1][self._rows(j)],) for j in range(len(self.k_list))]
+        out = d.map_reduce(gather_task, d.scatter(fit[0]), roles="gather", per_chunk=per,
+                           k_list=self.k_list, blocks=False, states=self.subs)
+        return float(sum(out["gather"]))
 
 
 class DaskExactEStep:
@@ -196,14 +209,14 @@ class DaskExactEStep:
         d = self.data
         par = exact_params(W, m, s2, d.D, self.K, d.dt)
         par_f = d.scatter(par)
-        res = d.run(exact_pass1_task, d.mu0_dt_f, par_f)
-        nll = float(sum(d.client.gather(d.split(res, 0))))
-        post = d.split(res, 1)
-        del res
+        out = d.map_reduce(exact_pass1_task, d.mu0_dt_f, par_f, roles=("gather", "keep"))
+        nll = float(sum(out["gather"]))
+        post = out["keep"]
 
         def finish():
-            parts = d.run(exact_pass2_task, d.mu0_dt_f, par_f, per_chunk=[(p,) for p in post])
-            SigS, ex2, Sxz, n_full, ZtZ, zsum = d.tree_sum(parts)
+            sums = d.map_reduce(exact_pass2_task, d.mu0_dt_f, par_f, roles="reduce",
+                                per_chunk=[(p,) for p in post])["reduce"]
+            SigS, ex2, Sxz, n_full, ZtZ, zsum = sums
             return exact_m_step(SigS, ex2, Sxz, n_full, ZtZ, zsum, d.N, self.n_obs, par)
 
         return nll, finish
@@ -223,17 +236,16 @@ class DaskFastEStep:
         d = self.data
         par = fast_params(W, m, s2, d.D, self.K, d.dt)
         par_f = d.scatter(par)
-        res = d.run(fast_pass1_task, d.mu0_dt_f, par_f)
-        first = d.client.gather(d.split(res, 0))
-        post = d.split(res, 1)
-        del res
+        out = d.map_reduce(fast_pass1_task, d.mu0_dt_f, par_f, roles=("gather", "keep"))
+        first, post = out["gather"], out["keep"]
         series = series_terms(W, s2, self.c, d.N, SERIES_ORDER)
         nll = float(sum(r[0] for r in first)) + 0.5 * series[3]
         self.cg_steps.append(max(r[1] for r in first))
 
         def finish():
-            parts = d.run(fast_pass2_task, d.mu0_dt_f, par_f, per_chunk=[(p,) for p in post])
-            ex2, Sxz, ZtZ, zsum = d.tree_sum(parts)
+            sums = d.map_reduce(fast_pass2_task, d.mu0_dt_f, par_f, roles="reduce",
+                                per_chunk=[(p,) for p in post])["reduce"]
+            ex2, Sxz, ZtZ, zsum = sums
             return fast_m_step(ex2, Sxz, ZtZ, zsum, series, self.c, d.N, par)
 
         return nll, finish
@@ -251,7 +263,8 @@ class DaskWeightedEStep:
     def __call__(self, W, m, s2):
         d = self.data
         wp = weighted_params(W, m, s2, d.D, self.K, d.dt)
-        nll, A, B, wx2 = d.tree_sum(d.run(weighted_task, d.mu0_dt_f, d.scatter(wp)))
+        nll, A, B, wx2 = d.map_reduce(weighted_task, d.mu0_dt_f, d.scatter(wp),
+                                      roles="reduce")["reduce"]
         W_new, m_new, s2_new = weighted_m_step(A, B, wx2, self.n_obs, wp)
         return nll, lambda: (W_new, m_new, s2_new)
 
@@ -259,36 +272,42 @@ class DaskWeightedEStep:
 def _scan(d: DaskData, weighted: bool, keep: bool):
     """Pass 0 on the workers: the chunk states, and the totals the fit needs."""
     D = d.D
-
-    def compute(fn, k, *args):
-        return d.client.compute(_delayed(fn)(*d.chunks[k], *args), workers=[d.home[k]],
-                                allow_other_workers=True)
-
+    d.states = [tuple(c) for c in d.chunks]      # the scan's "state" is the chunk's rows
     ref = None
     if weighted:
-        res = [compute(scan_weighted_task, k, d.blocks["X"][k], d.blocks["mask"][k],
-                       d.blocks["weights"][k], d.dt) for k in range(len(d.chunks))]
-        d.states = d.split(res, 0)
-        col_sum, col_cnt, w_sum = d.tree_sum(d.split(res, 1))
+        out = d.map_reduce(scan_weighted_task, d.dt, roles=("keep", "reduce", "gather"))
+        col_sum, col_cnt, w_sum = out["reduce"]
         miss_c = d.N - col_cnt
     else:
-        first = compute(scan_task, 0, d.blocks["X"][0], d.blocks["mask"][0], None, keep, d.dt)
+        rest = list(range(len(d.chunks)))
+        states = {}
+        nobs = {}
         if keep:
             # the kept copy is centred on the first chunk's observed means, as in scan()
-            s0, cnt_c0 = d.client.gather(d.submit(operator.getitem, first, 1, k=0))
+            first = d.map_reduce(scan_task, None, True, d.dt, roles=("keep", "gather", "gather"),
+                                 k_list=[0])
+            s0, cnt_c0 = first["gather"][0]
             a, b = d.chunks[0]
             cnt0 = (b - a) - cnt_c0
             ref = np.divide(s0, cnt0, out=np.zeros(D), where=cnt0 > 0).astype(d.dt)
-            first = d.submit(recentre_task, first, ref, k=0)
-        res = [first] + [compute(scan_task, k, d.blocks["X"][k], d.blocks["mask"][k], ref, keep,
-                                 d.dt) for k in range(1, len(d.chunks))]
-        d.states = d.split(res, 0)
-        col_sum, miss_c = d.tree_sum(d.split(res, 1))
+            re = d.map_reduce(recentre_task, ref, roles=("keep", "reduce", "gather"),
+                              k_list=[0], blocks=False, states=first["keep"])
+            states[0], nobs[0] = re["keep"][0], re["gather"][0]
+            sum0 = re["reduce"]
+            rest = rest[1:]
+        out = d.map_reduce(scan_task, ref, keep, d.dt, roles=("keep", "reduce", "gather"),
+                           k_list=rest)
+        states.update(zip(rest, out["keep"]))
+        nobs.update(zip(rest, out["gather"]))
+        sums = out["reduce"] if not keep else sum_parts(sum0, out["reduce"]) \
+            if out["reduce"] is not None else sum0
+        col_sum, miss_c = sums
         col_cnt = d.N - miss_c
         w_sum = 0.0
-    del res
-    star_cnt = np.concatenate(d.client.gather([d.submit(nobs_of, st, k=k)
-                                               for k, st in enumerate(d.states)]))
+        out = {"keep": [states[k] for k in range(len(d.chunks))],
+               "gather": [nobs[k] for k in range(len(d.chunks))]}
+    d.states = out["keep"]
+    star_cnt = np.concatenate(out["gather"])
     empty_cols = np.flatnonzero(col_cnt == 0)
     if empty_cols.size:
         raise ValueError(f"X: {empty_cols.size} pixel column(s) are missing for every star "
@@ -318,11 +337,9 @@ def _start(d: DaskData, K, n_init_rows, random_state, tol, col_sum, weighted, w_
             if r.size:
                 k_list.append(k)
                 per.append((r,))
-    res = d.run(subsample_task, d.mu0_dt_f, d.dt, per_chunk=dict(zip(k_list, per)),
-                k_list=k_list)
-    subs = d.split(res, 0, k_list)
-    info = d.client.gather(d.split(res, 1, k_list))
-    del res
+    out = d.map_reduce(subsample_task, d.mu0_dt_f, d.dt, roles=("keep", "gather"),
+                       per_chunk=per, k_list=k_list)
+    subs, info = out["keep"], out["gather"]
     xx = np.concatenate([i[0] for i in info])
     n_obs = float(n_s * D - sum(i[2] for i in info))
     if d.keep:
@@ -332,10 +349,10 @@ def _start(d: DaskData, K, n_init_rows, random_state, tol, col_sum, weighted, w_
         cs_s = np.sum([i[1] for i in info], axis=0)[:D]
         cnt_s = n_s - np.sum([i[3] for i in info], axis=0)
         col = cs_s
-    src = DaskSubsample(d, subs, k_list, [xx_k.size for xx_k in (i[0] for i in info)],
-                        float(xx.sum()), col, n_obs)
+    src = DaskSubsample(d, subs, k_list, [i[0].size for i in info], float(xx.sum()), col,
+                        n_obs)
     W, m, s2, start_info = start_fit(src, K, rng, tol=tol)
-    del src, subs
+    del src, subs, out
     return finish_start(W, m, s2, start_info, d.keep, weighted, w_scale, cs_s, cnt_s)
 
 
@@ -417,7 +434,3 @@ def fit_em_dask(X, mask, weights, *, n_components, tol, max_iter, random_state, 
         fitted["cg_steps_"] = step.cg_steps
     return fitted
 
-
-def _delayed(fn):
-    from dask import delayed
-    return delayed(fn, pure=False)

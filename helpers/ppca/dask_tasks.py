@@ -23,7 +23,10 @@ from helpers.ppca.start import fill_subsample_block, impute_chunk, impute_projec
 from helpers.ppca.state import scan_weighted_chunk
 from helpers.ppca.threads import blas_threads
 
-__all__ = ["ChunkState", "SubChunk", "as_block", "centred_chunk", "scan_task", "recentre_task", "nobs_of", "scan_weighted_task", "subsample_task", "sketch_task", "impute_project_task", "gather_task", "exact_pass1_task", "exact_pass2_task", "fast_pass1_task", "fast_pass2_task", "weighted_task", "sum_parts"]
+__all__ = ["ChunkState", "SubChunk", "as_block", "centred_chunk", "scan_task", "recentre_task",
+           "scan_weighted_task", "subsample_task", "sketch_task", "impute_project_task",
+           "gather_task", "exact_pass1_task", "exact_pass2_task", "fast_pass1_task",
+           "fast_pass2_task", "weighted_task", "sum_parts"]
 
 
 @dataclass
@@ -98,11 +101,13 @@ def centred_chunk(st, xb, mu0_dt, dt):
     return xc
 
 
-def scan_task(a, b, xb, mb, ref, keep, dt):
-    """Pass 0 of one chunk (no weights): its state and (column sums, missing per column).
+def scan_task(rows, xb, mb, wb, ref, keep, dt):
+    """Pass 0 of one chunk (no weights, rows ``(a, b)``): its state, (column sums, missing
+    per column) and the observed pixels per star.
 
     Book: {ref}`sec-rsca-ppca`
     """
+    a, b = rows
     xb, mb = np.asarray(xb), as_block(mb)
     n, D = xb.shape
     buf = np.zeros((n, D + 1), dtype=dt)
@@ -112,43 +117,36 @@ def scan_task(a, b, xb, mb, ref, keep, dt):
         raise ValueError(f"{exc} (star counted from row {a}, the first row of its chunk)") from None
     st = ChunkState(a, b, lay, D - cnt_r, buf=buf if keep else None,
                     xx=row_sq(buf) if keep and ref is not None else None)
-    return st, (s, cnt_c)
+    return st, (s, cnt_c), st.nobs
 
 
-def recentre_task(scanned, ref):
+def recentre_task(st, xb, mb, wb, ref):
     """Chunk 0 of a kept fit: centre on its own observed means, as the scan does.
 
     Book: {ref}`sec-rsca-ppca`
     """
-    st, (_, cnt_c) = scanned
     D = st.buf.shape[1] - 1
+    cnt_c = missing_per_pixel([st.lay], D)
     buf = st.buf.copy()
     xc = buf[:, :D]
     np.subtract(xc, ref, out=xc)
     buf.reshape(-1)[st.lay.flat] = 0
     st = ChunkState(st.a, st.b, st.lay, st.nobs, buf=buf, xx=row_sq(buf))
-    return st, (xc.sum(axis=0, dtype=np.float64), cnt_c)
+    return st, (xc.sum(axis=0, dtype=np.float64), cnt_c), st.nobs
 
 
-def nobs_of(st):
-    """Observed pixels per star of a chunk state.
-
-    Book: {ref}`sec-rsca-ppca`
-    """
-    return st.nobs
-
-
-def scan_weighted_task(a, b, xb, mb, wb, dt):
+def scan_weighted_task(rows, xb, mb, wb, dt):
     """Pass 0 of one chunk of a weighted fit: its state and (column sums, counts, sum of weights).
 
     Book: {ref}`sec-rsca-ppca`
     """
+    a, b = rows
     xb, mb, wb = np.asarray(xb), as_block(mb), as_block(wb)
     try:
         cs, cc, nobs, logw, ws = scan_weighted_chunk(xb, mb, wb, 0, xb.shape[0], dt)
     except ValueError as exc:
         raise ValueError(f"{exc} (star counted from row {a}, the first row of its chunk)") from None
-    return ChunkState(a, b, None, nobs, logw_sum=logw), (cs, cc, ws)
+    return ChunkState(a, b, None, nobs, logw_sum=logw), (cs, cc, ws), nobs
 
 
 def subsample_task(st, xb, mb, wb, mu0_dt, dt, rows):
@@ -166,7 +164,7 @@ def subsample_task(st, xb, mb, wb, mu0_dt, dt, rows):
     return SubChunk(blk, lay), (xx, col, lay.n_miss, missing_per_pixel([lay], D))
 
 
-def sketch_task(sub, Vp_dt):
+def sketch_task(sub, xb, mb, wb, Vp_dt):
     """The start's product ``xs Vp`` on one subsample chunk.
 
     Book: {ref}`sec-rsca-ppca`
@@ -175,7 +173,7 @@ def sketch_task(sub, Vp_dt):
         return sketch_chunk(sub.xs, Vp_dt)
 
 
-def impute_project_task(sub, Tc_dt, Vext, Text):
+def impute_project_task(sub, xb, mb, wb, Vext, Tc_dt, Text):
     """One round of the start on one subsample chunk: impute (a copy), then ``xs^T Tc``.
 
     Book: {ref}`sec-rsca-ppca`
@@ -187,7 +185,7 @@ def impute_project_task(sub, Tc_dt, Vext, Text):
         return SubChunk(xs, sub.lay), impute_project_chunk(xs, sub.lay, Tc_dt, (Vext, Text))
 
 
-def gather_task(sub, Vext, Text):
+def gather_task(sub, xb, mb, wb, Vext, Text):
     """The residual at one subsample chunk's missing entries under a fit.
 
     Book: {ref}`sec-rsca-ppca`
