@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 
 from helpers.apogee import ASPCAPFLAG_BITS, MISSING, RSCA_ELEMENTS
-from helpers.rsca.selection import SelectionParams, cut_table, field_cut_masks, select_rsca_sample
+from helpers.rsca.selection import (SelectionParams, cut_table, field_cut_masks, select_rsca_sample,
+                                    selection_vs_truth)
 
 
 def make_allstar(rows):
@@ -92,3 +93,19 @@ def test_missing_column_is_named():
         field_cut_masks(ALLSTAR.drop(columns=["X_H_Mg"]))
     with pytest.raises(KeyError, match="CG_PROB"):
         select_rsca_sample(ALLSTAR, MEMBERS.drop(columns=["CG_PROB"]))
+
+
+def test_selection_vs_truth_counts_by_hand():
+    # true members: A, B (C1), I (C1, low CG_PROB: lost), D (C2, too cool: not eligible), the
+    # excluded star (not eligible); B is selected into C1 but truly belongs to C3: a contaminant
+    truth = pd.DataFrame({"IS_MEMBER": [True, True, False, True] + [False] * 5 + [True, True, False],
+                          "CLUSTER": ["C1", "C3", "", "C2"] + [""] * 5 + ["C1", "C1", ""]})
+    sel = select_rsca_sample(ALLSTAR, MEMBERS)
+    got = selection_vs_truth(sel, ALLSTAR, truth)
+    assert {k: got[k] for k in ("eligible", "kept", "lost", "selected", "contaminants")} == \
+        {"eligible": 3, "kept": 2, "lost": 1, "selected": 2, "contaminants": 1}
+    assert got["completeness"] == pytest.approx(2 / 3) and got["contamination"] == 0.5
+    with pytest.raises(ValueError, match="rows"):
+        selection_vs_truth(sel, ALLSTAR, truth.iloc[:5])
+    with pytest.raises(KeyError, match="IS_MEMBER"):
+        selection_vs_truth(sel, ALLSTAR, truth.drop(columns=["IS_MEMBER"]))

@@ -13,6 +13,7 @@ removes, and so that the same code runs on the synthetic survey and on real allS
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import numpy as np
 import pandas as pd
@@ -22,10 +23,14 @@ from helpers.apogee.bitmasks import ASPCAPFLAG_BITS, flag_set
 from helpers.apogee.grid import MISSING
 
 __all__ = ["SelectionParams", "Selection", "field_cut_masks", "passes_field_cuts", "cut_table",
-           "select_rsca_sample"]
+           "select_rsca_sample", "selection_vs_truth", "PAPER_SAMPLE", "PAPER_EXCLUDED_IDS"]
 
 #: The star de Mijolla & Ness removed from their cluster set (section 4.1).
 PAPER_EXCLUDED_IDS = ("2M19203303+3755558",)
+
+#: The size of the paper's sample (de Mijolla & Ness 2022, section 4.1; APOGEE DR16): field
+#: giants after the cuts, cluster members, and the OCCAM clusters they belong to.
+PAPER_SAMPLE = MappingProxyType({"field_giants": 151_145, "cluster_members": 185, "clusters": 22})
 
 
 @dataclass(frozen=True)
@@ -261,3 +266,50 @@ def select_rsca_sample(allstar: pd.DataFrame, occam_members: pd.DataFrame,
         cluster_cuts=cut_table(cluster_masks, len(members)),
         params=params,
     )
+
+
+def selection_vs_truth(selection: Selection, allstar: pd.DataFrame, truth: pd.DataFrame) -> dict:
+    """How many true cluster members a selection keeps, and how many strangers it lets in.
+
+    Book: {ref}`sec-selection-truth`
+
+    The field cuts use the *measured* labels, so the fair denominator is the true members
+    whose measured labels pass them (and who are not excluded by hand): the *eligible*
+    members. A selected star is a *contaminant* when it is not a true member of the cluster
+    it was assigned to.
+
+    Parameters
+    ----------
+    selection : Selection
+        From :func:`select_rsca_sample` on ``allstar``.
+    allstar : pandas.DataFrame, n_rows rows
+        The catalogue the selection was made from.
+    truth : pandas.DataFrame, n_rows rows
+        Row ``i`` describes allStar row ``i``: ``IS_MEMBER`` (bool) and ``CLUSTER`` (the
+        true cluster name, '' for field stars), as in :attr:`helpers.survey.Survey.truth`.
+
+    Returns
+    -------
+    dict
+        ``eligible``, ``kept`` (eligible and selected), ``lost`` (eligible, not selected),
+        ``selected``, ``contaminants`` (ints), ``completeness`` = kept / eligible and
+        ``contamination`` = contaminants / selected (floats, NaN for an empty denominator).
+    """
+    _require(truth, ["IS_MEMBER", "CLUSTER"], "truth table")
+    if len(truth) != len(allstar):
+        raise ValueError(f"truth has {len(truth)} rows, the allStar table {len(allstar)}: "
+                         "row i of each must describe the same star")
+    ids = allstar["APOGEE_ID"].astype(str).str.strip().to_numpy()
+    excluded = np.isin(ids, np.asarray(selection.params.exclude_ids, dtype=str))
+    true_member = truth["IS_MEMBER"].to_numpy(dtype=bool)
+    eligible = true_member & passes_field_cuts(allstar, selection.params) & ~excluded
+    rows = selection.cluster_rows
+    right = true_member[rows] & (truth["CLUSTER"].astype(str).to_numpy()[rows] == selection.cluster_labels)
+    kept = int(eligible[rows].sum())
+    n_eligible, n_selected, contaminants = int(eligible.sum()), int(rows.size), int((~right).sum())
+    return {
+        "eligible": n_eligible, "kept": kept, "lost": n_eligible - kept, "selected": n_selected,
+        "contaminants": contaminants,
+        "completeness": kept / n_eligible if n_eligible else float("nan"),
+        "contamination": contaminants / n_selected if n_selected else float("nan"),
+    }
