@@ -84,6 +84,32 @@ def test_residual_curve_finds_a_feature_missing_from_the_reference():
     assert curve[195:206].mean() > 5 * np.median(curve)
 
 
+def test_hiding_a_band_from_the_projection_removes_its_leak():
+    """A strong band pulls a test star's coordinates: the reconstruction then misses the star
+    away from the band too. Hidden from the projection, the band stays in the curve and the
+    leak goes."""
+    rng = np.random.default_rng(0)
+    n_pix, k = 400, 3
+    basis = rng.standard_normal((k, n_pix)) * 0.02
+    ref = 0.9 + rng.standard_normal((300, k)) @ basis + 0.002 * rng.standard_normal((300, n_pix))
+    test = 0.9 + rng.standard_normal((200, k)) @ basis + 0.002 * rng.standard_normal((200, n_pix))
+    pix = np.arange(n_pix)
+    test -= 0.2 * rng.uniform(0.5, 1.0, (200, 1)) * np.exp(-0.5 * ((pix - 200) / 4.0) ** 2)
+    obs_ref, obs_test = np.ones(ref.shape, bool), np.ones(test.shape, bool)
+    band = np.abs(pix - 200) <= 16
+    leaky = residual_curve(ref, obs_ref, test, obs_test, n_components=k, statistic="absorption")
+    clean = residual_curve(ref, obs_ref, test, obs_test, n_components=k, statistic="absorption",
+                           hide=band)
+    assert clean[band].max() > 0.8 * leaky[band].max() > 0.05          # the band is still seen
+    rms_leaky, rms_clean = (np.sqrt(np.mean(c[~band] ** 2)) for c in (leaky, clean))  # away from it
+    noise = 0.002 / np.sqrt(200)                                      # of a mean of 200 stars
+    assert rms_leaky > 5 * rms_clean and rms_clean < 1.5 * noise      # the leak is gone
+    np.testing.assert_array_equal(
+        residual_curve(ref, obs_ref, test, obs_test, n_components=k, statistic="absorption", hide=None), leaky)
+    with pytest.raises(ValueError, match="hide"):
+        residual_curve(ref, obs_ref, test, obs_test, n_components=k, hide=band[:10])
+
+
 def test_band_coverage():
     wave = wavelength_grid()
     win = [(int(np.searchsorted(wave, 15260.0)), int(np.searchsorted(wave, 15285.0)))]

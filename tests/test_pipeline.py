@@ -116,3 +116,29 @@ def test_residual_curve_is_computed_once_per_input(survey, tmp_path, monkeypatch
     with pytest.raises(AssertionError, match="computed twice"):   # other rows: a new curve
         pipeline.ism_residual_curve(survey.spectra.flux, survey.spectra.error, ak, rows[::2],
                                     params, chip_mask())
+
+
+def test_hidden_pixels_are_a_new_curve_and_none_keeps_the_old_key(survey, tmp_path, monkeypatch):
+    """``hide`` changes the curve's memo key; ``hide=None`` reads the curve computed without it."""
+    import helpers.rsca.pipeline as pipeline
+    from helpers.apogee import chip_mask
+
+    monkeypatch.setenv("STARS_BOOK_CACHE", str(tmp_path))
+    ak = survey.allstar["AK_TARG"].to_numpy(dtype=float)
+    rows = np.arange(len(ak))
+    params = MaskParams(low_ak=np.quantile(ak, 0.5), high_ak=np.quantile(ak, 0.8), n_components=3)
+    flux, error = survey.spectra.flux, survey.spectra.error
+    plain = pipeline.ism_residual_curve(flux, error, ak, rows, params, chip_mask())
+    hide = np.zeros(flux.shape[1], bool)
+    hide[720:910] = True
+    hidden = pipeline.ism_residual_curve(flux, error, ak, rows, params, chip_mask(), hide=hide)
+    assert not np.allclose(plain[0], hidden[0], equal_nan=True)
+
+    def boom(*args, **kwargs):
+        raise AssertionError("computed twice")
+
+    monkeypatch.setattr(pipeline, "residual_curve", boom)
+    again = pipeline.ism_residual_curve(flux, error, ak, rows, params, chip_mask(), hide=None)
+    np.testing.assert_array_equal(again[0], plain[0])
+    np.testing.assert_array_equal(
+        pipeline.ism_residual_curve(flux, error, ak, rows, params, chip_mask(), hide=hide)[0], hidden[0])

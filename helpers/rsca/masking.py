@@ -102,7 +102,7 @@ def censored_fractions(observed, valid) -> tuple[np.ndarray, np.ndarray]:
 
 
 def residual_curve(flux_ref, observed_ref, flux_test, observed_test, n_components: int = 30,
-                   random_state: int = 0, statistic: str = "abs", **ppca_kwargs) -> np.ndarray:
+                   random_state: int = 0, statistic: str = "abs", hide=None, **ppca_kwargs) -> np.ndarray:
     """Mean residual per pixel of ``test`` stars on a PCA basis of ``ref`` stars.
 
     Book: {ref}`sec-ism`
@@ -115,6 +115,12 @@ def residual_curve(flux_ref, observed_ref, flux_test, observed_test, n_component
     The signed version averages noise down as 1/sqrt(n_test) and so shows weak absorption
     bands that the absolute value hides (chapter 4 compares them).
 
+    A strong band also *leaks*: fitting a star's coordinates to its band pulls the
+    reconstruction away from the star elsewhere, at pixels where the basis has large
+    loadings, so the curve shows bumps that are not bands. ``hide`` withholds pixels (e.g.
+    windows found on a first pass) from the projection only; their residual is still part
+    of the curve (Book: {ref}`sec-window-leak`).
+
     Parameters
     ----------
     flux_ref, flux_test : ndarray, shape (n_ref, n_pixels) and (n_test, n_pixels)
@@ -123,6 +129,8 @@ def residual_curve(flux_ref, observed_ref, flux_test, observed_test, n_component
     n_components : int
         PCA components (the paper: 30).
     statistic : {'abs', 'absorption'}
+    hide : ndarray of bool, shape (n_pixels,), optional
+        Pixels the test stars' projection does not see (default: none, every observed pixel).
 
     Returns
     -------
@@ -141,7 +149,13 @@ def residual_curve(flux_ref, observed_ref, flux_test, observed_test, n_component
     used = observed_ref.any(axis=0)
     model = PPCA(n_components, random_state=random_state, **ppca_kwargs)
     model.fit(flux_ref[:, used], mask=observed_ref[:, used])
-    z = model.transform(flux_test[:, used], mask=observed_test[:, used])
+    seen = observed_test
+    if hide is not None:
+        hide = np.asarray(hide, dtype=bool)
+        if hide.shape != (flux_test.shape[1],):
+            raise ValueError(f"hide has shape {hide.shape}, expected ({flux_test.shape[1]},)")
+        seen = observed_test & ~hide
+    z = model.transform(flux_test[:, used], mask=seen[:, used])
     recon = model.inverse_transform(z)
     diff = recon - flux_test[:, used]
     resid = np.where(observed_test[:, used], np.abs(diff) if statistic == "abs" else diff, 0.0)

@@ -227,7 +227,7 @@ def chapter_source(n_field: int = PAPER_N_FIELD, survey_seed: int = 42, apogee_c
 
 
 def ism_residual_curve(flux, error, ak, rows, params: MaskParams = MaskParams(), valid=None,
-                       low=None, high=None, statistic=None):
+                       low=None, high=None, statistic=None, hide=None):
     """The paper's appendix-A curve on the given rows: high-AK residuals on a low-AK basis.
 
     Book: {ref}`sec-ism`
@@ -248,6 +248,9 @@ def ism_residual_curve(flux, error, ak, rows, params: MaskParams = MaskParams(),
     params : MaskParams
     valid : ndarray of bool, shape (8575,), optional
         Pixels considered (default: the chips).
+    hide : ndarray of bool, shape (8575,), optional
+        Pixels withheld from the test stars' projection (see
+        :func:`helpers.rsca.masking.residual_curve`); default none.
 
     Returns
     -------
@@ -272,7 +275,7 @@ def ism_residual_curve(flux, error, ak, rows, params: MaskParams = MaskParams(),
             f"too few stars for the residual curve: {ref.size} below {low} (need {need}) and "
             f"{test.size} above {high} (need 10). "
             "Use a larger survey, or MaskParams(ism_windows='paper')")
-    memo = _curve_memo_path(flux, error, ref, test, params, valid, statistic or params.statistic)
+    memo = _curve_memo_path(flux, error, ref, test, params, valid, statistic or params.statistic, hide)
     if memo is not None and memo.exists():
         with np.load(memo) as z:
             return z["curve"], int(z["n_reference"]), int(z["n_test"])
@@ -285,7 +288,7 @@ def ism_residual_curve(flux, error, ak, rows, params: MaskParams = MaskParams(),
     o_ref = censor(f_ref, np.asarray(error[ref]), params.max_error, valid)
     o_test = censor(f_test, np.asarray(error[test]), params.max_error, valid)
     curve = residual_curve(f_ref, o_ref, f_test, o_test, n_components=params.n_components,
-                           random_state=params.seed, statistic=statistic or params.statistic)
+                           random_state=params.seed, statistic=statistic or params.statistic, hide=hide)
     if memo is not None:
         tmp = memo.with_name(f".{memo.stem}.{os.getpid()}.tmp.npz")
         np.savez(tmp, curve=curve, n_reference=ref.size, n_test=test.size)
@@ -293,7 +296,7 @@ def ism_residual_curve(flux, error, ak, rows, params: MaskParams = MaskParams(),
     return curve, int(ref.size), int(test.size)
 
 
-def _curve_memo_path(flux, error, ref, test, params, valid, statistic):
+def _curve_memo_path(flux, error, ref, test, params, valid, statistic, hide=None):
     """Where :func:`ism_residual_curve` keeps its result for these inputs, or None.
 
     Only for memory-mapped spectra (files identified by path, size and modification time):
@@ -313,6 +316,8 @@ def _curve_memo_path(flux, error, ref, test, params, valid, statistic):
     for arr in (np.asarray(ref, dtype=np.int64), np.asarray(test, dtype=np.int64),
                 None if valid is None else np.asarray(valid, dtype=bool)):
         h.update(b"-" if arr is None else arr.tobytes())
+    if hide is not None:   # (absent from the key when not given: earlier curves stay valid)
+        h.update(b"hide" + np.asarray(hide, dtype=bool).tobytes())
     return cache_dir("ism_curves") / f"{h.hexdigest()[:20]}.npz"
 
 
