@@ -202,6 +202,51 @@ def build_spectra_cache(catalogue: pd.DataFrame, out_dir, paths: Sequence | None
         raise TypeError("build_spectra_cache: catalogue must be a pandas DataFrame")
     catalogue = catalogue.reset_index(drop=True)
     ids = ids_of(catalogue, id_column)
+    paths = _aspcapstar_paths(catalogue, ids, paths, apogee_root, release)
+    key, info = cache_key(ids, paths, release, key_extra)
+    info["skip_bad"] = bool(skip_bad)
+    out = Path(out_dir)
+    if not force and is_complete_cache(out) and read_manifest(out).get("key") == key:
+        return load_spectra_cache(out)
+    n_jobs = default_n_jobs() if n_jobs is None else max(1, int(n_jobs))
+    batch_size = max(1, int(batch_size))
+    batches = [(s, paths[s:s + batch_size]) for s in range(0, len(paths), batch_size)]
+    bar = progress_bar(len(paths), f"cache {out.name}", progress_enabled(progress))
+    writer = SpectraCacheWriter(out, catalogue, key=key, release=release,
+                                key_info=info, id_column=id_column)
+    try:
+        with writer, contextlib.closing(_iter_batches(
+                batches, n_jobs, executor,
+                writer.temp_array_paths() if _WORKERS_WRITE else None)) as results:
+            row = 0
+            for flux, error, errors in results:
+                _record_batch(writer, row, flux, error, errors, paths, skip_bad)
+                row += len(errors)
+                bar.update(len(errors))
+            if len(writer.dropped) == len(ids) and len(ids) > 0:
+                raise SpectraCacheError(
+                    f"build_spectra_cache: all {len(ids)} files were bad; first: "
+                    f"{writer.dropped[0]['path']}: {writer.dropped[0]['reason']}")
+    finally:
+        bar.close()
+    return load_spectra_cache(out, expect_ids=[i for r, i in enumerate(ids)
+                                               if r not in writer.dropped])
+
+
+def _aspcapstar_paths(catalogue: pd.DataFrame, ids: np.ndarray, paths, apogee_root,
+                      release) -> list:
+    """The aspcapStar file of each catalogue row, as str: ``paths`` if given, else found
+    from ``apogee_root``, ``release`` and the rows' TELESCOPE, FIELD and ``ids``.
+
+    Book: {ref}`sec-survey-files`
+
+    Raises
+    ------
+    ValueError
+        Neither ``paths`` nor both ``apogee_root`` and ``release``, or as many paths as rows.
+    SpectraCacheError
+        The catalogue lacks TELESCOPE or FIELD (needed without ``paths``).
+    """
     if paths is None:
         if apogee_root is None or release is None:
             raise ValueError("build_spectra_cache: give either paths or both apogee_root "
@@ -218,49 +263,48 @@ def build_spectra_cache(catalogue: pd.DataFrame, out_dir, paths: Sequence | None
     if len(paths) != len(ids):
         raise ValueError(f"build_spectra_cache: {len(paths)} paths for {len(ids)} "
                          f"catalogue rows")
-    key, info = cache_key(ids, paths, release, key_extra)
-    info["skip_bad"] = bool(skip_bad)
-    out = Path(out_dir)
-    if not force and is_complete_cache(out) and read_manifest(out).get("key") == key:
-        return load_spectra_cache(out)
-    n_jobs = default_n_jobs() if n_jobs is None else max(1, int(n_jobs))
-    batch_size = max(1, int(batch_size))
-    batches = [(s, paths[s:s + batch_size]) for s in range(0, len(paths), batch_size)]
-    bar = progress_bar(len(paths), f"cache {out.name}", progress_enabled(progress))
-    writer = SpectraCacheWriter(out, catalogue, key=key, release=release,
-                                key_info=info, id_column=id_column)
-    try:
-        with writer, contextlib.closing(_iter_batches(
-                batches, n_jobs, executor,
-                writer._temp_array_paths() if _WORKERS_WRITE else None)) as results:
-            row = 0
-            for flux, error, errors in results:
-                k = len(errors)
-                if any(e is not None for e in errors):
-                    if not skip_bad:
-                        j = next(j for j, e in enumerate(errors) if e is not None)
-                        _raise_read_error(*errors[j])
-                    for j, e in enumerate(errors):
-                        if e is not None:
-                            writer.drop(row + j, e[1], paths[row + j])
-                    good = np.array([e is None for e in errors])
-                    if good.any():
-                        if flux is None:
-                            writer._mark_written(row + np.flatnonzero(good))
-                        else:
-                            writer.write(row + np.flatnonzero(good), flux[good],
-                                         error[good])
-                elif flux is None:  # the workers wrote the rows themselves
-                    writer._mark_written(slice(row, row + k))
-                else:
-                    writer.write(slice(row, row + k), flux, error)
-                row += k
-                bar.update(k)
-            if len(writer._dropped) == len(ids) and len(ids) > 0:
-                raise SpectraCacheError(
-                    f"build_spectra_cache: all {len(ids)} files were bad; first: "
-                    f"{writer._dropped[0]['path']}: {writer._dropped[0]['reason']}")
-    finally:
-        bar.close()
-    return load_spectra_cache(out, expect_ids=[i for r, i in enumerate(ids)
-                                               if r not in writer._dropped])
+    return paths
+
+
+def _record_batch(writer: SpectraCacheWriter, row: int, flux, error, errors: list,
+                  paths: list, skip_bad: bool) -> None:
+    """Record one batch of :func:`_read_batch` (catalogue rows ``row``, ``row + 1``, ...) in
+    ``writer``: its spectra (or, when the workers wrote them, that they are written), and
+    its unreadable files, dropped with their reason when ``skip_bad`` and raised otherwise.
+
+    Book: {ref}`sec-survey-files`
+
+    Parameters
+    ----------
+    writer : SpectraCacheWriter
+        The open cache.
+    row : int
+        Catalogue row of the batch's first file.
+    flux, error : ndarray, shape (k, 8575), float32, or None
+        The batch's spectra; None when the workers wrote them into the cache themselves.
+    errors : list of None or (str, str), length k
+        Per file: None, or the exception's class name and message.
+    paths : list of str
+        Every row's aspcapStar file (for the report of a dropped row).
+    skip_bad : bool
+        Drop unreadable files (True) or raise the first one's error (False).
+    """
+    k = len(errors)
+    if not any(e is not None for e in errors):
+        if flux is None:  # the workers wrote the rows themselves
+            writer.mark_written(slice(row, row + k))
+        else:
+            writer.write(slice(row, row + k), flux, error)
+        return
+    if not skip_bad:
+        j = next(j for j, e in enumerate(errors) if e is not None)
+        _raise_read_error(*errors[j])
+    for j, e in enumerate(errors):
+        if e is not None:
+            writer.drop(row + j, e[1], paths[row + j])
+    good = np.array([e is None for e in errors])
+    if good.any():
+        if flux is None:
+            writer.mark_written(row + np.flatnonzero(good))
+        else:
+            writer.write(row + np.flatnonzero(good), flux[good], error[good])

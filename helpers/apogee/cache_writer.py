@@ -175,13 +175,13 @@ class SpectraCacheWriter:
             self._error[idx] = e
         self._written[idx] = True
 
-    def _temp_array_paths(self) -> tuple[Path, Path]:
+    def temp_array_paths(self) -> tuple[Path, Path]:
         """The temporary flux and error ``.npy`` files (for workers writing directly)."""
         if self._tmp is None:
             raise RuntimeError("SpectraCacheWriter is not open")
         return self._tmp / FLUX, self._tmp / ERROR
 
-    def _mark_written(self, rows) -> None:
+    def mark_written(self, rows) -> None:
         """Record rows written directly into the temporary files by workers."""
         self._written[self._rows(rows)] = True
 
@@ -202,6 +202,12 @@ class SpectraCacheWriter:
                               "path": None if path is None else os.fspath(path),
                               "reason": str(reason)}
         self._written[row] = False
+
+    @property
+    def dropped(self) -> dict:
+        """The rows left out so far (:meth:`drop`): row -> ``{'row', 'apogee_id', 'path',
+        'reason'}``; read it, do not change it."""
+        return self._dropped
 
     # -- finishing -----------------------------------------------------------------------
     def release_pages(self) -> None:
