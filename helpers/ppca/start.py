@@ -271,34 +271,12 @@ def start_fit(src, K, rng, tol=0.0):
         if new_sum is not None:
             miss_sum, sq_now = new_sum, new_sq
         m = (col_sum + miss_sum[:D]) / n     # mean of the matrix as now imputed
-        Z -= np.outer(m, Tc.sum(axis=0))
-        Vp = orth(Z)
-        Tc = src.pass_T(Vp) - m @ Vp
-        ev, U = np.linalg.eigh(Tc.T @ Tc)
-        U = U[:, ::-1][:, :K]
-        ev = ev[::-1][:K]
-        VK = Vp @ U
-        TK = Tc @ U
+        Tc, VK, TK, ev = _rayleigh_ritz(src, Z, Tc, m, K)
         done = r == START_MAX_ROUNDS - 1
         if VK_prev is not None:
-            # Only axes above the noise count: axes inside the noise bulk (K larger than
-            # the data's rank) keep turning without changing the fit.
             tot = xx_sum + sq_now - n * float(m @ m)
-            s2_r = max(tot - float(np.sum(ev)), 0.0) / n_obs * D / max(D - K, 1)
-            edge = n * s2_r * (1.0 + np.sqrt(D / n)) ** 2
-            k_sig = max(1, int(np.count_nonzero(ev > 1.5 * edge)))
-            angles.append(max_angle_deg(VK_prev[:, :k_sig], VK[:, :k_sig]))
-            s2_hist.append(s2_r)
-            a = angles[-1]
-            # the error left is about the next change: a * (a / previous a) when converging
-            pred = a * a / angles[-2] if len(angles) > 1 and angles[-2] > a else a
-            done = done or pred < START_ANGLE_TOL
-            if len(s2_hist) > 1 and s2_hist[-1] > 0 and s2_hist[-2] > 0:
-                # the fit's objective, as far as sigma2 shows it, has settled well within
-                # EM's tolerance: what the subspace still does hardly changes the likelihood
-                nll_r = 0.5 * n_obs * (np.log(2 * np.pi * s2_hist[-1]) + 1.0)
-                dnll = 0.5 * n_obs * abs(np.log(s2_hist[-1] / s2_hist[-2]))
-                done = done or dnll < 0.5 * tol * max(abs(nll_r), 0.5 * n_obs)
+            s2_hist.append(_sigma2(tot, ev, 0.0, n_obs, D, K))
+            done = _round_settled(VK_prev, VK, ev, n, D, n_obs, angles, s2_hist, tol) or done
         imputed = fit is not None
         fit = fit_ext(VK, TK, m, dt)
         if done:
@@ -312,13 +290,90 @@ def start_fit(src, K, rng, tol=0.0):
         VK_prev = VK
     # residual of the observed entries, for the imputed matrix as it was in the last round
     tot = xx_sum + sq_old - n * float(m @ m)
-    rss = max(tot - float(np.sum(ev)) - resid, 0.0)
-    s2 = rss / n_obs * D / max(D - K, 1)
-    s2 = max(s2, 1e-12 * tot / n_obs, 1e-30)
+    s2 = max(_sigma2(tot, ev, resid, n_obs, D, K), 1e-12 * tot / n_obs, 1e-30)
     lam = np.maximum(ev, 0.0) / n
     frac = n_obs / (n * D)          # imputed entries carry no noise
     W = VK * np.sqrt(np.maximum(lam - frac * s2, 1e-3 * lam))
     return W, m, s2, {"rounds": r + 1, "angles_deg": angles, "sigma2": s2_hist}
+
+
+def _rayleigh_ritz(src, Z, Tc, m, K):
+    """One step of subspace iteration after the imputation pass: ``Vp = orth(Z)`` with
+    ``Z`` centred on ``m`` (in place), ``T = Xc Vp`` and its Rayleigh-Ritz rotation.
+
+    Book: {ref}`sec-rsca-ppca`
+
+    Parameters
+    ----------
+    src : SubsampleChunks or helpers.ppca.dask_engine.DaskSubsample
+        The subsample.
+    Z : ndarray, shape (D, p)
+        ``Xs^T Tc`` of the pass just made (changed in place).
+    Tc : ndarray, shape (n, p)
+        The centred scores that ``Z`` was made with.
+    m : ndarray, shape (D,)
+        The mean of the imputed matrix.
+    K : int
+
+    Returns
+    -------
+    Tc : ndarray, shape (n, p)
+        The new centred scores ``Xc Vp``.
+    VK : ndarray, shape (D, K)
+        The K leading axes.
+    TK : ndarray, shape (n, K)
+        Their scores.
+    ev : ndarray, shape (K,)
+        Their eigenvalues of ``Tc^T Tc``, decreasing.
+    """
+    Z -= np.outer(m, Tc.sum(axis=0))
+    Vp = orth(Z)
+    Tc = src.pass_T(Vp) - m @ Vp
+    ev, U = np.linalg.eigh(Tc.T @ Tc)
+    U = U[:, ::-1][:, :K]
+    ev = ev[::-1][:K]
+    return Tc, Vp @ U, Tc @ U, ev
+
+
+def _sigma2(tot, ev, resid, n_obs, D, K):
+    """Mean squared residual of the observed entries, ``(||Xc||^2 - sum(ev) - resid) /
+    n_obs`` (at least 0), scaled by ``D / (D - K)`` for the fitted dimensions.
+
+    Book: {ref}`sec-rsca-ppca`
+
+    ``tot`` is ``||Xc||^2`` of the imputed matrix, ``ev`` the K eigenvalues kept and
+    ``resid`` the residual at the missing entries that ``tot - sum(ev)`` still holds.
+    """
+    return max(tot - float(np.sum(ev)) - resid, 0.0) / n_obs * D / max(D - K, 1)
+
+
+def _round_settled(VK_prev, VK, ev, n, D, n_obs, angles, s2_hist, tol):
+    """Whether the start can stop after this round; appends the round's subspace change
+    (degrees) to ``angles`` (``s2_hist`` holds every round's sigma2, this one's last).
+
+    Book: {ref}`sec-rsca-ppca`
+
+    It can stop when the next change of the subspace, extrapolated from the last two, falls
+    below :data:`START_ANGLE_TOL`, counting only axes whose variance stands above 1.5 times
+    the noise bulk's edge ``n sigma2 (1 + sqrt(D / n))^2`` (axes inside the bulk, when K is
+    larger than the data's rank, keep turning without changing the fit), or when the
+    Gaussian objective implied by sigma2 changed by less than half of EM's relative
+    tolerance ``tol``.
+    """
+    edge = n * s2_hist[-1] * (1.0 + np.sqrt(D / n)) ** 2
+    k_sig = max(1, int(np.count_nonzero(ev > 1.5 * edge)))
+    angles.append(max_angle_deg(VK_prev[:, :k_sig], VK[:, :k_sig]))
+    a = angles[-1]
+    # the error left is about the next change: a * (a / previous a) when converging
+    pred = a * a / angles[-2] if len(angles) > 1 and angles[-2] > a else a
+    done = pred < START_ANGLE_TOL
+    if len(s2_hist) > 1 and s2_hist[-1] > 0 and s2_hist[-2] > 0:
+        # the fit's objective, as far as sigma2 shows it, has settled well within
+        # EM's tolerance: what the subspace still does hardly changes the likelihood
+        nll_r = 0.5 * n_obs * (np.log(2 * np.pi * s2_hist[-1]) + 1.0)
+        dnll = 0.5 * n_obs * abs(np.log(s2_hist[-1] / s2_hist[-2]))
+        done = done or dnll < 0.5 * tol * max(abs(nll_r), 0.5 * n_obs)
+    return done
 
 
 def fit_ext(VK, TK, m, dt):
