@@ -7,6 +7,7 @@ import pytest
 from helpers.rsca import dimensionality as dm
 from helpers.rsca import representation as rp
 from helpers.rsca.pairs import PairFilter
+from helpers.rsca.runs import RateEvaluator
 
 
 def planted(seed=0, n_field=3000, K=8, n_clusters=8, per=6, tight=3):
@@ -49,25 +50,34 @@ def test_principal_angles():
 
 def test_scans_find_the_planted_dimensions():
     rep, labels, pairs = planted()
-    byk = dm.rates_vs_k(rep, labels, [1, 3, 8], pairs, n_boot=20)
-    assert list(byk.K) == [1, 3, 8] and byk.cv.all()
+    runs = [rep, rp.Representation(rep.field[:, ::-1].copy(), rep.cluster[:, ::-1].copy(),
+                                   rep.components[::-1], rep.explained_variance[::-1], 0.01, {})]
+    ev = RateEvaluator(labels, pairs, n_boot=50)
+    byk, spreads = dm.rates_vs_k({K: [r.truncated(K) for r in runs[:1]] * 2 for K in (1, 3, 8)}, ev)
+    assert list(byk.K) == [1, 3, 8] and byk.cv.all() and set(spreads) == {1, 3, 8}
     assert byk.rate.iloc[1] < byk.rate.iloc[0]
-    raw = dm.top_n_rates(rep, labels, [1, 2, 3, None], pairs, n_repeats=2, n_boot=20)
-    assert len(raw) == 4 * 3
-    table = dm.summarise_top_n(raw)
+    assert (byk.run_sd == 0).all()                     # identical runs: no spread over runs
+    tops = dm.top_n_spreads(runs, ev, [1, 2, 3, 8])
+    table = dm.table1(tops, 8)
     assert list(table.index) == ["1", "2", "3", "all (8)"]
     assert table.rate["3"] < table.rate["1"]
-    assert np.isfinite(table.repeat_std).all()
+    # the order of the axes does not matter to RSCA: both runs give the same rates
+    np.testing.assert_allclose(tops[8].per_cluster[0], tops[8].per_cluster[1], atol=1e-9)
 
 
 def test_rates_vs_training_clusters():
     rep, labels, pairs = planted()
-    out = dm.rates_vs_training_clusters(rep, labels, [2, 6], pairs, n_subsets=3, seed=1)
-    assert isinstance(out, pd.DataFrame) and len(out) == 6
-    again = dm.rates_vs_training_clusters(rep, labels, [2, 6], pairs, n_subsets=3, seed=1)
+    ev = RateEvaluator(labels, pairs)
+    out = dm.rates_vs_training_clusters([rep, rep], ev, [1, 6], n_subsets=3, seed=1)
+    assert isinstance(out, pd.DataFrame) and len(out) == 12 and set(out.run) == {0, 1}
+    again = dm.rates_vs_training_clusters([rep, rep], ev, [1, 6], n_subsets=3, seed=1)
     pd.testing.assert_frame_equal(out, again)
+    summary = dm.summarise_training_clusters(out.assign(K=8))
+    assert summary.loc[(8, 6), "run_sd"] == 0 and summary.loc[(8, 6), "defined"] == 3
+    # one cluster of 6 members has 5 within-cluster degrees of freedom, fewer than 8 dimensions
+    assert not out.loc[out.n_train == 1, "defined"].any() and out.loc[out.n_train == 6, "defined"].all()
     with pytest.raises(ValueError, match="n_train_values"):
-        dm.rates_vs_training_clusters(rep, labels, [8], pairs)
+        dm.rates_vs_training_clusters([rep], ev, [8])
 
 
 def test_latent_recovery():
@@ -102,12 +112,3 @@ def test_ppca_representation_caches(tmp_path, monkeypatch):
     np.testing.assert_array_equal(rep.field, again.field)
     # the fitted subspace is the planted one
     assert rp.principal_angles(rep.components, basis[:, 5:]).max() < 5
-
-
-def test_plateau_n():
-    from helpers.rsca.dimensionality import plateau_n
-
-    assert plateau_n([0.10, 0.05, 0.021, 0.02, 0.022], [1, 2, 3, 4, 5]) == 3
-    assert plateau_n([0.10, 0.05, 0.03, 0.02], [1, 2, 3, 4]) == 4
-    with pytest.raises(ValueError, match="one per N"):
-        plateau_n([0.1, np.nan], [1, 2])

@@ -2,21 +2,18 @@
 
 Book: {ref}`ch-dimensionality`
 
-Three scans of the RSCA doppelganger rate (de Mijolla & Ness 2022, Fig. 2, Table 1, Fig. 5):
+Three scans of the RSCA doppelganger rate (de Mijolla & Ness 2022, Fig. 2, Table 1, Fig. 5),
+each over several PPCA runs (start seeds) so that every point carries its spread over runs
+beside the spread over clusters (:class:`helpers.rsca.runs.RateSpread`):
 
 * against the number K of PPCA components (:func:`rates_vs_k`), with and without
   leave-one-cluster-out cross-validation;
-* against the number N of most strongly scaled RSCA dimensions kept (:func:`top_n_rates`);
+* against the number N of most strongly scaled RSCA dimensions kept (:func:`top_n_spreads`,
+  summarised by :func:`table1`; the knee is :func:`helpers.rsca.knee.find_knee`);
 * against the number of open clusters the metric is trained on (:func:`rates_vs_training_clusters`).
 
-All of them start from one PPCA representation of the field and cluster spectra
-(:func:`helpers.rsca.representation.ppca_representation`), fitted once at the largest K,
-cached on disk by its inputs, and truncated for smaller K
-(:meth:`helpers.rsca.representation.Representation.truncated`, the *nested* approximation;
-the chapter measures how good it is with
-:func:`helpers.rsca.representation.principal_angles` and dedicated fits).  The pair filter
-(:class:`helpers.rsca.pairs.PairFilter`) and the leave-one-cluster-out fit function
-(:class:`helpers.rsca.doppelganger.LocoFit`) are those of every other rate of the book.
+Every rate goes through :class:`helpers.rsca.runs.RateEvaluator`: sphering on every field
+star, steps 3-4 without the held-out clusters, the pair filter of every other rate of the book.
 """
 
 from __future__ import annotations
@@ -24,224 +21,190 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from helpers.rsca.doppelganger import LocoFit, doppelganger_rate, loco_doppelganger_rates
-from helpers.rsca.metric import RelevantScaling
-from helpers.rsca.representation import Representation
+from helpers.rsca.doppelganger import LocoFit, doppelganger_rate
+from helpers.rsca.runs import RateEvaluator
 
-__all__ = ["rates_vs_k", "top_n_rates", "summarise_top_n", "rates_vs_training_clusters", "plateau_n",
-           "latent_recovery"]
-
-
-def _check_rep(rep):
-    if not isinstance(rep, Representation):
-        raise TypeError(f"rep must be a Representation (see ppca_representation), got {type(rep).__name__}")
+__all__ = ["rates_vs_k", "top_n_spreads", "table1", "rates_vs_training_clusters",
+           "summarise_training_clusters", "latent_recovery"]
 
 
-def rates_vs_k(rep: Representation, labels, K_values, pairs: dict, *, leak: bool = False,
-               n_boot: int = 200, random_state: int = 0) -> pd.DataFrame:
-    """Global doppelganger rate of full RSCA on the first K axes, for each K.
+def _check_runs(runs, what="runs"):
+    runs = list(runs)
+    if not runs or not all(hasattr(r, "field") and hasattr(r, "cluster") for r in runs):
+        raise TypeError(f"{what} must be a non-empty list of Representation (one per PPCA run)")
+    return runs
+
+
+def rates_vs_k(runs_by_k: dict, evaluator: RateEvaluator, *, leak: bool = False):
+    """Global doppelganger rate of full RSCA at each K, over PPCA runs (Fig. 2).
 
     Book: {ref}`sec-fig2`
 
     Parameters
     ----------
-    rep : Representation
-        Fitted at K >= max(K_values); smaller K use :meth:`Representation.truncated`.
-    labels : array_like, shape (n_members,)
-    K_values : sequence of int
-    pairs : helpers.rsca.pairs.PairFilter
-        Of the field and the members (:meth:`PairFilter.from_inputs`).
+    runs_by_k : dict of int -> list of Representation
+        The runs (one per start seed) of each K: dedicated fits, or
+        :meth:`helpers.rsca.representation.Representation.truncated` of larger ones.
+    evaluator : RateEvaluator
     leak : bool
-        False: leave-one-cluster-out (cross-validated). True: the metric is fitted on all
-        clusters, the held-out one included.
-    n_boot, random_state :
-        Bootstrap over clusters for the spread.
+        False: leave-one-cluster-out (cross-validated).  True: steps 3-4 fitted on all
+        clusters, held-out one included.
 
     Returns
     -------
-    pandas.DataFrame
-        Columns ``K, rate, std, low, high, cv``.
+    table : pandas.DataFrame
+        One row per K: ``K, rate, run_sd, boot_sd, total_sd, n_runs, cv``.
+    spreads : dict of int -> RateSpread
     """
-    _check_rep(rep)
-    rows = []
-    for K in K_values:
-        r = rep.truncated(K)
-        res = loco_doppelganger_rates(r.field, r.cluster, labels, leak=leak, n_boot=n_boot,
-                                      random_state=random_state, **pairs.as_kwargs())
-        rows.append({"K": int(K), "rate": res.global_rate, "std": res.global_rate_std,
-                     "low": res.global_rate_interval[0], "high": res.global_rate_interval[1],
-                     "cv": not leak})
-    return pd.DataFrame(rows)
+    spreads = {int(K): evaluator.over_runs(_check_runs(runs), leak=leak)
+               for K, runs in sorted(runs_by_k.items())}
+    table = pd.DataFrame([{"K": K, **{k: v for k, v in s.summary().items() if k != "dominant"},
+                           "cv": not leak} for K, s in spreads.items()])
+    return table, spreads
 
 
-def top_n_rates(rep: Representation, labels, top_n_values, pairs: dict, *, n_repeats: int = 5,
-                field_fraction: float = 0.5, seed: int = 0, n_boot: int = 200) -> pd.DataFrame:
-    """Cross-validated rate when only the N most strongly scaled RSCA dimensions are kept.
+def top_n_spreads(runs, evaluator: RateEvaluator, N_values) -> dict:
+    """Cross-validated rate keeping the N most strongly scaled RSCA dimensions (Table 1).
 
     Book: {ref}`sec-table1`
-
-    Repeat 0 uses every field star; repeats 1..n_repeats each use a different random
-    ``field_fraction`` of the field stars (for the sphering and as doppelganger
-    candidates), which gives the spread of the rate due to the field sample. The
-    bootstrap over clusters (repeat 0) gives the spread due to the clusters.
 
     Parameters
     ----------
-    rep : Representation
-    labels : array_like, shape (n_members,)
-    top_n_values : sequence of int or None
-        N values; None (or N >= K) keeps every informative dimension ("all").
-    pairs : helpers.rsca.pairs.PairFilter
-        Of the field and the members (:meth:`PairFilter.from_inputs`).
-    n_repeats : int
-        Field subsamples.
-    field_fraction : float
-        Fraction of field stars in each subsample, in (0, 1].
-    seed : int
-    n_boot : int
+    runs : list of Representation
+        PPCA runs of one K.
+    evaluator : RateEvaluator
+    N_values : sequence of int
+        Dimensions kept; N >= K keeps every informative dimension ("all").
 
     Returns
     -------
-    pandas.DataFrame
-        One row per (N, repeat): ``top_n`` (K for "all"), ``label``, ``repeat``, ``rate``,
-        ``boot_std`` (repeat 0 only), ``n_selected`` (dimensions with non-zero weight when
-        fitted on all clusters).
+    dict of int -> RateSpread
+        Keyed by N (K for "all").
     """
-    _check_rep(rep)
-    if not 0 < field_fraction <= 1:
-        raise ValueError(f"field_fraction must be in (0, 1], got {field_fraction!r}")
-    if int(n_repeats) != n_repeats or n_repeats < 0:
-        raise ValueError(f"n_repeats must be an integer >= 0, got {n_repeats!r}")
-    rng = np.random.default_rng(seed)
-    n = rep.field.shape[0]
-    subsets = [np.arange(n)] + [np.sort(rng.choice(n, max(2, int(round(field_fraction * n))), replace=False))
-                                for _ in range(int(n_repeats))]
-    rows = []
-    for N in top_n_values:
-        top = None if N is None or N >= rep.K else int(N)
-        full = RelevantScaling("transformed", top_n=top).fit(rep.field, rep.cluster, labels)
-        for i, rows_i in enumerate(subsets):
-            res = loco_doppelganger_rates(
-                rep.field[rows_i], rep.cluster, labels, fit_fn=LocoFit(top_n=top),
-                n_boot=n_boot if i == 0 else 0, random_state=seed,
-                **pairs.restricted(rows_i).as_kwargs())
-            rows.append({"top_n": rep.K if top is None else top,
-                         "label": f"all ({rep.K})" if top is None else str(top), "repeat": i,
-                         "rate": res.global_rate,
-                         "boot_std": res.global_rate_std if i == 0 else np.nan,
-                         "n_selected": int(full.selected_.sum())})
-    return pd.DataFrame(rows)
+    runs = _check_runs(runs)
+    K = runs[0].field.shape[1]
+    out = {}
+    for N in N_values:
+        if int(N) != N or N < 1:
+            raise ValueError(f"N_values must be positive integers, got {N!r}")
+        top = None if N >= K else int(N)
+        out[min(int(N), K)] = evaluator.over_runs(runs, top_n=top)
+    return out
 
 
-def summarise_top_n(table: pd.DataFrame) -> pd.DataFrame:
-    """Table 1 from :func:`top_n_rates`: rate on all field stars, mean and spread of repeats.
+def table1(spreads: dict, K: int) -> pd.DataFrame:
+    """Table 1 from :func:`top_n_spreads`: one row per N, "all (K)" for every dimension.
 
     Book: {ref}`sec-table1`
 
     Returns
     -------
     pandas.DataFrame
-        Index ``label``; columns ``rate`` (every field star), ``boot_std`` (bootstrap over
-        clusters), ``repeat_mean``, ``repeat_std`` (field subsamples, repeats >= 1).
+        Index ``label`` ("1", "2", ..., "all (K)"); columns ``N``, ``rate`` (mean over
+        runs), ``run_sd``, ``boot_sd``, ``total_sd``.
     """
-    g = table.groupby("label", sort=False)
-    out = pd.DataFrame({
-        "top_n": g["top_n"].first(),
-        "rate": g.apply(lambda t: t.loc[t.repeat == 0, "rate"].iloc[0], include_groups=False),
-        "boot_std": g.apply(lambda t: t.loc[t.repeat == 0, "boot_std"].iloc[0], include_groups=False),
-        "repeat_mean": g.apply(lambda t: t.loc[t.repeat > 0, "rate"].mean(), include_groups=False),
-        "repeat_std": g.apply(lambda t: t.loc[t.repeat > 0, "rate"].std(ddof=1), include_groups=False),
-    })
-    return out
+    rows = []
+    for N, s in sorted(spreads.items()):
+        rows.append({"label": f"all ({K})" if N >= K else str(N), "N": N, "rate": s.mean,
+                     "run_sd": s.run_sd, "boot_sd": s.boot_sd, "total_sd": s.total_sd})
+    return pd.DataFrame(rows).set_index("label")
 
 
-def rates_vs_training_clusters(rep: Representation, labels, n_train_values, pairs: dict, *,
+def rates_vs_training_clusters(runs, evaluator: RateEvaluator, n_train_values, *,
                                n_subsets: int = 50, seed: int = 0) -> pd.DataFrame:
-    """Doppelganger rate of held-out clusters when the metric sees only some clusters.
+    """Doppelganger rate of held-out clusters when the metric sees only some clusters (Fig. 5).
 
     Book: {ref}`sec-fig5`
 
     For each number m of training clusters, ``n_subsets`` random sets of m clusters are
-    drawn (seeded by ``seed`` and m, so the same sets are used for every representation);
-    the RSCA metric is fitted on the field and on those clusters, and the global rate is
-    computed on the clusters left out. A subset whose members give fewer within-cluster
-    degrees of freedom, ``sum(n_k - 1)``, than K dimensions (or a dimension with no
-    within-cluster scatter at all) defines no metric: its row has ``rate`` NaN and
-    ``defined`` False.
+    drawn (seeded by ``seed`` and m: the same sets for every run and every K); the RSCA
+    metric is fitted on the field and on those clusters, and the global rate is computed
+    on the clusters left out.  A subset whose members give fewer within-cluster degrees of
+    freedom, ``sum(n_k - 1)``, than K dimensions defines no metric: its row has ``rate``
+    NaN and ``defined`` False.
 
     Parameters
     ----------
-    rep : Representation
-    labels : array_like, shape (n_members,)
+    runs : list of Representation
+        PPCA runs of one K.
+    evaluator : RateEvaluator
     n_train_values : sequence of int
         Each between 1 and (number of clusters - 1).
-    pairs : helpers.rsca.pairs.PairFilter
-        Of the field and the members (:meth:`PairFilter.from_inputs`).
     n_subsets : int
     seed : int
 
     Returns
     -------
     pandas.DataFrame
-        One row per (n_train, subset): ``n_train, subset, rate, n_test_members, defined``.
+        One row per (run, n_train, subset): ``run, n_train, subset, rate, n_test_members, defined``.
     """
-    _check_rep(rep)
-    labels = np.asarray(labels)
-    names = np.unique(labels)
+    runs = _check_runs(runs)
+    labels, names = evaluator.labels, evaluator.clusters
     bad = [m for m in n_train_values if int(m) != m or not 1 <= m <= names.size - 1]
     if bad:
         raise ValueError(f"n_train_values must lie in 1..{names.size - 1} (one cluster at least "
                          f"is held out), got {bad}")
     if int(n_subsets) != n_subsets or n_subsets < 1:
         raise ValueError(f"n_subsets must be a positive integer, got {n_subsets!r}")
-    fit = LocoFit(rep.field)            # step 2 on every field star, once
+    subsets = {int(m): [np.isin(labels, np.random.default_rng([int(seed), int(m), s]).choice(
+        names, int(m), replace=False)) for s in range(int(n_subsets))] for m in n_train_values}
+    flt = evaluator.pairs
+    cand = evaluator.candidates
     rows = []
-    for m in n_train_values:
-        rng = np.random.default_rng([int(seed), int(m)])
-        for s in range(int(n_subsets)):
-            train_names = rng.choice(names, int(m), replace=False)
-            train = np.isin(labels, train_names)
-            test = ~train
-            # the within-cluster vectors of the training clusters span at most
-            # sum(n_k - 1) directions: with fewer than K, some directions have no
-            # within-cluster scatter at all and the metric is undefined
-            dof = int(train.sum()) - int(m)
-            try:
-                if dof < rep.K:
-                    raise ValueError("too few within-cluster degrees of freedom")
-                model = fit(rep.field, rep.cluster[train], labels[train])
-            except ValueError:
-                rows.append({"n_train": int(m), "subset": s, "rate": np.nan,
-                             "n_test_members": int(test.sum()), "defined": False})
-                continue
-            res = doppelganger_rate(model.transform(rep.cluster[test]), labels[test],
-                                    model.transform(rep.field),
-                                    vhelio_pop=pairs.vhelio_pop, ak_pop=pairs.ak_pop,
-                                    vhelio_clust=pairs.vhelio_clust[test],
-                                    ak_clust=pairs.ak_clust[test], dv_max=pairs.dv_max,
-                                    dak_max=pairs.dak_max)
-            rows.append({"n_train": int(m), "subset": s, "rate": res.global_rate,
-                         "n_test_members": int(test.sum()), "defined": True})
+    for i, rep in enumerate(runs):
+        fit = LocoFit(rep.field)            # step 2 on every field star, once per run
+        pop = rep.field if cand is None else rep.field[cand]
+        K = rep.field.shape[1]
+        for m, masks in subsets.items():
+            for s, train in enumerate(masks):
+                test = ~train
+                row = {"run": i, "n_train": m, "subset": s, "rate": np.nan,
+                       "n_test_members": int(test.sum()), "defined": False}
+                # the within-cluster vectors of the training clusters span at most
+                # sum(n_k - 1) directions: with fewer than K the metric is undefined
+                if int(train.sum()) - m >= K:
+                    try:
+                        model = fit(rep.field, rep.cluster[train], labels[train])
+                    except ValueError:
+                        model = None
+                    if model is not None:
+                        res = doppelganger_rate(
+                            model.transform(rep.cluster[test]), labels[test], model.transform(pop),
+                            vhelio_pop=flt.vhelio_pop, ak_pop=flt.ak_pop,
+                            vhelio_clust=None if flt.vhelio_clust is None else flt.vhelio_clust[test],
+                            ak_clust=None if flt.ak_clust is None else flt.ak_clust[test],
+                            dv_max=flt.dv_max, dak_max=flt.dak_max)
+                        row.update(rate=res.global_rate, defined=True)
+                rows.append(row)
     return pd.DataFrame(rows)
 
 
-def plateau_n(rates, top_n_values, tolerance: float = 0.15) -> int:
-    """The smallest N whose rate is within ``tolerance`` of the best rate (Table 1's knee).
+def summarise_training_clusters(table: pd.DataFrame) -> pd.DataFrame:
+    """Fig. 5's points: mean over subsets and runs, the spread over runs and over subsets.
 
-    Book: {ref}`sec-ground-truth`
+    Book: {ref}`sec-fig5`
 
     Parameters
     ----------
-    rates : array_like, shape (n,)
-        Doppelganger rate keeping the top N dimensions, for each N of ``top_n_values``.
-    top_n_values : sequence of int, length n
-    tolerance : float
-        Relative distance to the minimum that counts as levelled off.
+    table : pandas.DataFrame
+        From :func:`rates_vs_training_clusters` (optionally with a column ``K``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Index (``K``,) ``n_train``; columns ``rate`` (mean over runs of the mean over
+        subsets), ``run_sd`` (sd over runs of that mean), ``subset_sem`` (standard error of
+        the mean over subsets, averaged over runs), ``defined`` (subsets defining a metric,
+        per run).
     """
-    rates = np.asarray(rates, dtype=float)
-    if rates.shape != (len(top_n_values),) or not np.all(np.isfinite(rates)):
-        raise ValueError(f"rates must be {len(top_n_values)} finite values, one per N; got {rates!r}")
-    return int(top_n_values[int(np.flatnonzero(rates <= (1 + tolerance) * rates.min())[0])])
+    keys = (["K"] if "K" in table.columns else []) + ["n_train"]
+    per_run = table.groupby(keys + ["run"]).rate.agg(["mean", "std", "count"])
+    per_run["sem"] = per_run["std"] / np.sqrt(per_run["count"])
+    g = per_run.groupby(level=keys)
+    n_runs = g["mean"].size()
+    run_sd = g["mean"].std(ddof=1).where(n_runs > 1)
+    return pd.DataFrame({"rate": g["mean"].mean(), "run_sd": run_sd, "subset_sem": g["sem"].mean(),
+                         "defined": g["count"].mean()})
 
 
 def latent_recovery(Z, latent) -> np.ndarray:

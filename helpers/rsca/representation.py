@@ -21,12 +21,16 @@ import numpy as np
 from helpers.paths import cache_dir
 from helpers.ppca.model import ENGINE_VERSION, PPCA
 
-__all__ = ["Representation", "PixelColumns", "ppca_representation", "principal_angles", "read_rows",
-           "inverse_variance", "ppca_coordinates"]
+__all__ = ["PPCA_TOL", "Representation", "PixelColumns", "StackedRows", "ppca_representation",
+           "ppca_runs", "principal_angles", "read_rows", "inverse_variance", "ppca_coordinates"]
 
 
 #: format of the cached representations; v2: coordinates in flux units (:func:`ppca_coordinates`)
 _FORMAT = "ppca-representation-v2"
+
+#: The one EM tolerance of every PPCA fit of the RSCA chapters (relative change of the
+#: objective, :class:`helpers.ppca.PPCA`'s ``tol``).
+PPCA_TOL = 1e-5
 
 
 @dataclass
@@ -137,28 +141,65 @@ class PixelColumns:
         return np.asarray(self.array[rows])[:, self.columns]
 
 
-def _cache_key(inputs, n_components, n_fit, seed, tol, max_iter) -> str:
-    blob = json.dumps({"format": _FORMAT, "engine": ENGINE_VERSION,
-                       "inputs": str(getattr(inputs, "path", "")),
-                       "inputs_key": getattr(inputs, "path", None) and inputs.path.name,
-                       "K": int(n_components), "n_fit": n_fit, "seed": int(seed),
-                       "tol": float(tol), "max_iter": int(max_iter)}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+class StackedRows:
+    """Two (memory-mapped) matrices with the same columns, read as one: rows of ``a``, then ``b``.
+
+    Book: {ref}`sec-rsca-leak`
+
+    PPCA reads its data by row blocks or row lists; this lets it fit field stars and cluster
+    members together (the leak of the paper's code) without copying either matrix.
+    """
+
+    def __init__(self, a, b):
+        if a.shape[1:] != b.shape[1:]:
+            raise ValueError(f"stacked matrices need the same columns, got {a.shape} and {b.shape}")
+        self.a, self.b = a, b
+        self.n_a = a.shape[0]
+        self.shape = (a.shape[0] + b.shape[0],) + tuple(a.shape[1:])
+        self.dtype = a.dtype
+        self.ndim = len(self.shape)
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __getitem__(self, rows):
+        idx = np.arange(self.shape[0])[rows]
+        if np.ndim(idx) == 0:
+            return self[[int(idx)]][0]
+        in_a = idx < self.n_a
+        out = np.empty((idx.size,) + self.shape[1:], dtype=self.dtype)
+        if in_a.any():
+            out[in_a] = read_rows(self.a, idx[in_a], dtype=self.dtype)
+        if (~in_a).any():
+            out[~in_a] = read_rows(self.b, idx[~in_a] - self.n_a, dtype=self.dtype)
+        return out
+
+
+def _cache_key(inputs, n_components, n_fit, seed, tol, max_iter, with_members=False) -> str:
+    blob = {"format": _FORMAT, "engine": ENGINE_VERSION,
+            "inputs": str(getattr(inputs, "path", "")),
+            "inputs_key": getattr(inputs, "path", None) and inputs.path.name,
+            "K": int(n_components), "n_fit": n_fit, "seed": int(seed),
+            "tol": float(tol), "max_iter": int(max_iter)}
+    if with_members:
+        blob["with_members"] = True
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def ppca_representation(inputs, n_components: int, *, n_fit: int | None = None, seed: int = 0,
-                        tol: float = 1e-5, max_iter: int = 100, cache: bool = True,
-                        chunk_size: int = 2048) -> Representation:
+                        tol: float = PPCA_TOL, max_iter: int = 100, cache: bool = True,
+                        chunk_size: int = 2048, with_members: bool = False) -> Representation:
     """Fit PPCA to field spectra once and return the coefficients of field and cluster stars.
 
     Book: {ref}`sec-nested-k`
 
-    The basis is fitted on ``n_fit`` field stars drawn at random (seeded), or on all of
-    them, and every field and cluster star then gets its PPCA coordinates over its observed
-    pixels (:func:`ppca_coordinates`, flux units: the one representation of spectra of the
-    book, chapter 5's too). The result is cached in
-    ``.cache/dimensionality/<key>.npz``, keyed by the inputs' cache folder and every
-    argument, so a second call (or a second execution of the chapter) only reads it.
+    The basis is fitted on every field star (the paper's Algorithm 1, ``n_fit=None``) or on
+    ``n_fit`` of them drawn at random (seeded), and every field and cluster star then gets
+    its PPCA coordinates over its observed pixels (:func:`ppca_coordinates`, flux units:
+    the one representation of spectra of the book). The result is cached in
+    ``.cache/dimensionality/<key>.npz``, keyed by the inputs' cache folder (itself keyed by
+    the survey, the selection and the masking), the PPCA engine version and every
+    argument, so a second call (or a second execution of a chapter) only reads it.
 
     Parameters
     ----------
@@ -167,15 +208,19 @@ def ppca_representation(inputs, n_components: int, *, n_fit: int | None = None, 
     n_components : int
         K.
     n_fit : int, optional
-        Field stars the basis is fitted on (default: all).
+        Field stars the basis is fitted on (default: all, as in the paper).
     seed : int
-        Seed of the subsample and of PPCA's start.
+        Seed of the subsample and of PPCA's start (one "PPCA run" per seed).
     tol, max_iter :
-        PPCA stopping rule (relative objective change; iterations).
+        PPCA stopping rule (relative objective change, :data:`PPCA_TOL` by default;
+        iterations).
     cache : bool
         Read and write the on-disk cache.
     chunk_size : int
         Stars per chunk in PPCA.
+    with_members : bool
+        Fit the basis on the field stars **and every cluster member** (the paper's code did;
+        a held-out cluster then shapes the basis it is evaluated in: {ref}`sec-rsca-leak`).
 
     Returns
     -------
@@ -187,7 +232,8 @@ def ppca_representation(inputs, n_components: int, *, n_fit: int | None = None, 
     if n_fit is not None and (int(n_fit) != n_fit or n_fit < 2 * n_components):
         raise ValueError(f"n_fit must be None or an integer >= 2 * n_components, got {n_fit!r}")
     n_fit = None if n_fit is None or n_fit >= n_all else int(n_fit)
-    path = cache_dir("dimensionality") / f"{_cache_key(inputs, n_components, n_fit, seed, tol, max_iter)}.npz"
+    key = _cache_key(inputs, n_components, n_fit, seed, tol, max_iter, with_members)
+    path = cache_dir("dimensionality") / f"{key}.npz"
     if cache and path.exists():
         with np.load(path, allow_pickle=False) as z:
             info = json.loads(str(z["info"]))
@@ -201,6 +247,9 @@ def ppca_representation(inputs, n_components: int, *, n_fit: int | None = None, 
     if n_fit is not None:
         rows = np.sort(np.random.default_rng(seed).choice(n_all, n_fit, replace=False))
         X, M = X[rows], M[rows]
+    if with_members:
+        X = StackedRows(X, PixelColumns(inputs.cluster_flux, pixels))
+        M = StackedRows(M, PixelColumns(inputs.cluster_observed, pixels))
     model = PPCA(int(n_components), tol=tol, max_iter=max_iter, random_state=seed,
                  chunk_size=chunk_size).fit(X, mask=M)
     del X, M
@@ -209,7 +258,8 @@ def ppca_representation(inputs, n_components: int, *, n_fit: int | None = None, 
     z_field = ppca_coordinates(model, inputs.field_flux, inputs.field_observed, columns=columns)
     z_clust = ppca_coordinates(model, inputs.cluster_flux, inputs.cluster_observed, columns=columns)
     t2 = time.perf_counter()
-    info = {"K": int(n_components), "n_fit": int(n_fit or n_all), "n_iter": int(model.n_iter_),
+    info = {"K": int(n_components), "n_fit": int(n_fit or n_all), "seed": int(seed),
+            "with_members": bool(with_members), "n_iter": int(model.n_iter_),
             "converged": bool(model.converged_), "fit_seconds": round(t1 - t0, 2),
             "transform_seconds": round(t2 - t1, 2), "from_cache": False, "nested_from": None}
     rep = Representation(z_field, z_clust, model.components_.astype(np.float32),
@@ -222,6 +272,48 @@ def ppca_representation(inputs, n_components: int, *, n_fit: int | None = None, 
                  info=json.dumps(info))
         os.replace(tmp, path)
     return rep
+
+
+def ppca_runs(inputs, n_components: int, n_runs: int, *, seed: int = 0, n_fit: int | None = None,
+              tol: float = PPCA_TOL, with_members: bool = False, cache: bool = True,
+              progress: bool = True) -> list:
+    """Several PPCA runs (start seeds ``seed, seed + 1, ...``) of one representation, cached.
+
+    Book: {ref}`sec-rsca-spread`
+
+    The paper reports its rates as mean +- sd over 10 PPCA runs.  Each run is one call of
+    :func:`ppca_representation` (cached on disk by its inputs), so chapters that ask for
+    the same runs share them.
+
+    Parameters
+    ----------
+    inputs : helpers.rsca.pipeline.RscaInputs
+    n_components : int
+        K.
+    n_runs : int
+        Number of runs (at least 1; a spread needs 2).
+    seed : int
+        Seed of the first run.
+    n_fit, tol, with_members, cache :
+        As in :func:`ppca_representation` (``n_fit=None``: every field star, the paper's
+        protocol).
+    progress : bool
+        Show a progress bar (quiet when the environment variable ``CI`` or ``TQDM_DISABLE``
+        is set).
+
+    Returns
+    -------
+    list of Representation
+    """
+    if int(n_runs) != n_runs or n_runs < 1:
+        raise ValueError(f"n_runs must be a positive integer, got {n_runs!r}")
+    seeds = range(int(seed), int(seed) + int(n_runs))
+    quiet = not progress or bool(os.environ.get("CI")) or bool(os.environ.get("TQDM_DISABLE"))
+    if not quiet:
+        from tqdm.auto import tqdm  # imported only when a bar is shown (tqdm.auto may warn)
+        seeds = tqdm(seeds, desc=f"PPCA runs, K = {n_components}", unit="run", leave=False)
+    return [ppca_representation(inputs, n_components, n_fit=n_fit, seed=s, tol=tol,
+                                with_members=with_members, cache=cache) for s in seeds]
 
 
 def principal_angles(A, B) -> np.ndarray:
