@@ -150,7 +150,17 @@ class RateSpread:
         """Standard deviation of the global rate over PPCA runs (0 for a fixed representation)."""
         return 0.0 if self.fixed or self.n_runs < 2 else float(self.runs.std(ddof=1))
 
-    def _replicates(self, runs: bool) -> np.ndarray:
+    def replicates(self, runs: bool = True) -> np.ndarray:
+        """Bootstrap replicates of the global rate, shape (n_boot,).
+
+        Book: {ref}`sec-rsca-spread`
+
+        Parameters
+        ----------
+        runs : bool
+            Resample the PPCA runs together with the clusters (True), or clusters only with
+            every run averaged (False).
+        """
         key = bool(runs)
         if key not in self._boot:
             self._boot[key] = joint_bootstrap(self.per_cluster, self.n_members, self.n_boot,
@@ -160,17 +170,17 @@ class RateSpread:
     @property
     def boot_sd(self) -> float:
         """Standard deviation over a bootstrap of the clusters (runs averaged)."""
-        return float(self._replicates(False).std(ddof=1))
+        return float(self.replicates(False).std(ddof=1))
 
     @property
     def total_sd(self) -> float:
         """Standard deviation when clusters and runs are resampled together."""
-        return float(self._replicates(True).std(ddof=1))
+        return float(self.replicates(True).std(ddof=1))
 
     @property
     def interval(self) -> tuple:
         """16th-84th percentile of the joint bootstrap."""
-        r = self._replicates(True)
+        r = self.replicates(True)
         return float(np.percentile(r, 16)), float(np.percentile(r, 84))
 
     @property

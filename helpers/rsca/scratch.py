@@ -62,7 +62,10 @@ def cached_arrays(kind: str, key: str, compute) -> dict:
     if path.exists():
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
-    result = {k: np.asarray(v) for k, v in compute().items()}
+    result = {}
+    for k, v in compute().items():
+        v = np.asarray(v)
+        result[k] = v.astype(str) if v.dtype == object else v      # no pickled objects on disk
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
     np.savez(tmp, **result)
     os.replace(tmp, path)

@@ -14,14 +14,22 @@ into the reason for a knee that misses the true number of dimensions.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
+from helpers.rsca.knee import Knee, find_knee
 from helpers.rsca.metric import RelevantScaling
+from helpers.rsca.pairs import PairFilter
+from helpers.rsca.pipeline import MaskParams
+from helpers.rsca.representation import PPCA_TOL, ppca_runs
+from helpers.rsca.runs import RateEvaluator
+from helpers.rsca.scratch import cached_arrays, result_key, scratch_inputs
 from helpers.survey import Survey, SurveyParams, generate_survey, load_survey
 
 __all__ = ["survey_truth", "explained_share", "plate_share", "dimension_roles", "latent_ranks",
-           "explain_knee", "ROLE_THRESHOLD"]
+           "explain_knee", "TruthScan", "truth_scan", "ROLE_THRESHOLD"]
 
 #: R^2 from which a quantity counts as followed by a dimension (dimension_roles, latent_ranks).
 ROLE_THRESHOLD = 0.5
@@ -113,12 +121,10 @@ def _groups(truth: dict, rows):
     """Design matrices of the truth groups for some allStar rows."""
     t = {k: np.asarray(v)[rows] for k, v in truth.items() if k not in ("ELEMENTS", "LATENT_SCALE")}
     tau, gam = (t["TEFF"] - 4500) / 500, t["LOGG"] - 2.5
-    x_h = t["X_FE"] + t["FE_H"][:, None]
     return {
-        "latent chemistry": t["LATENT"],
-        "every abundance": x_h,
-        "Teff, logg, mismatch": np.column_stack([tau, gam, tau ** 2, gam ** 2, tau * gam,
-                                                 t.get("MISMATCH_COEF", np.zeros((len(tau), 0)))]),
+        "latent": t["LATENT"],
+        "abundances": t["X_FE"] + t["FE_H"][:, None],
+        "teff_logg": np.column_stack([tau, gam, tau ** 2, gam ** 2, tau * gam]),
         "imprints": np.column_stack([t[k] for k in ("AK_TRUE", "DIB_EW", "TELLURIC_AMP", "SKY_AMP",
                                                      "PERSISTENCE_AMP", "VHELIO_TRUE") if k in t]),
     }
@@ -130,13 +136,17 @@ def dimension_roles(rep, labels, truth: dict, field_rows, *, max_rank: int = 12)
     Book: {ref}`sec-ground-truth`
 
     The metric is fitted on every cluster (this describes the metric, it evaluates nothing).
-    For the top ``max_rank`` dimensions, the R^2 of a linear fit of the dimension's field
-    values on: the true latent coordinates; every true abundance (latents plus each
-    element's own scatter); Teff, logg and the model-mismatch coefficients; the injected
-    imprints (extinction, DIB, telluric, sky, persistence, velocity); and the plate
-    (:func:`plate_share`).  ``role`` names the largest of the chemical share (latent or
-    element scatter), the stellar-parameter share and the imprint share, or "noise" when
-    none reaches 0.3.
+    For each of the top ``max_rank`` dimensions, the R^2 of a linear fit of its field values
+    on: the true latent coordinates (``r2_latent``); every true abundance, i.e. the latents
+    plus each element's own scatter (``r2_abundances``); true Teff and logg, to second order
+    (``r2_teff_logg``); the injected imprints: extinction, DIB strength, telluric, sky and
+    persistence amplitudes, velocity (``r2_imprints``); and the plate (:func:`plate_share`).
+    Chemistry and Teff/logg are correlated along the giant branch, so the ``role`` is decided
+    on what each group explains *beyond* the others (R^2 of everything minus R^2 without the
+    group): "latent chemistry" or "element scatter" (the abundances beyond the latents),
+    "Teff, logg", "imprints", "plate", or "noise" when no group adds 0.1 and all together
+    explain less than 0.3.  (The survey's model mismatch varies with Teff, logg and [Fe/H]:
+    it counts with those.)
 
     Parameters
     ----------
@@ -153,27 +163,35 @@ def dimension_roles(rep, labels, truth: dict, field_rows, *, max_rank: int = 12)
     -------
     pandas.DataFrame
         One row per rank (1 = largest weight): ``weight``, ``sigma_clust``, ``r2_latent``,
-        ``r2_abundances``, ``r2_stellar``, ``r2_imprints``, ``r2_plate``, ``role``.
+        ``r2_abundances``, ``r2_teff_logg``, ``r2_imprints``, ``r2_plate``, ``r2_all``,
+        ``role``.
     """
     model = RelevantScaling("transformed").fit(rep.field, rep.cluster, labels)
     order = np.argsort(-model.scale_, kind="stable")
     order = order[model.scale_[order] > 0][:int(max_rank)]
     Z = model.reparametrize(rep.field)[:, order]
     g = _groups(truth, field_rows)
-    shares = {name: explained_share(Z, X) for name, X in g.items()}
-    plates = np.asarray(truth["PLATE_IDX"])[field_rows]
+    share = {name: explained_share(Z, X) for name, X in g.items()}
+    chem = np.column_stack([g["latent"], g["abundances"]])
+    full = explained_share(Z, np.column_stack([chem, g["teff_logg"], g["imprints"]]))
+    without = {"chemistry": explained_share(Z, np.column_stack([g["teff_logg"], g["imprints"]])),
+               "teff_logg": explained_share(Z, np.column_stack([chem, g["imprints"]])),
+               "imprints": explained_share(Z, np.column_stack([chem, g["teff_logg"]]))}
+    plates = plate_share(Z, np.asarray(truth["PLATE_IDX"])[field_rows])
     table = pd.DataFrame({
         "rank": np.arange(1, order.size + 1), "weight": model.scale_[order],
-        "sigma_clust": model.sigma_clust_[order],
-        "r2_latent": shares["latent chemistry"], "r2_abundances": shares["every abundance"],
-        "r2_stellar": shares["Teff, logg, mismatch"], "r2_imprints": shares["imprints"],
-        "r2_plate": plate_share(Z, plates)}).set_index("rank")
-    scatter = table.r2_abundances - table.r2_latent
-    candidates = pd.DataFrame({"latent chemistry": table.r2_latent, "element scatter": scatter,
-                               "Teff, logg, mismatch": table.r2_stellar,
-                               "imprints": np.maximum(table.r2_imprints, table.r2_plate)})
-    best = candidates.idxmax(axis=1)
-    table["role"] = np.where(candidates.max(axis=1) >= 0.3, best, "noise")
+        "sigma_clust": model.sigma_clust_[order], "r2_latent": share["latent"],
+        "r2_abundances": share["abundances"], "r2_teff_logg": share["teff_logg"],
+        "r2_imprints": share["imprints"], "r2_plate": plates, "r2_all": full}).set_index("rank")
+    unique = pd.DataFrame({"chemistry": full - without["chemistry"],
+                           "Teff, logg": full - without["teff_logg"],
+                           "imprints": full - without["imprints"], "plate": plates},
+                          index=table.index)
+    role = unique.idxmax(axis=1)
+    scatter_wins = table.r2_abundances - table.r2_latent > table.r2_latent
+    role = role.where(role != "chemistry", np.where(scatter_wins, "element scatter", "latent chemistry"))
+    noise = (unique.max(axis=1) < 0.1) & (np.maximum(full, plates) < 0.3)
+    table["role"] = role.where(~noise, "noise")
     return table
 
 
@@ -264,3 +282,123 @@ def explain_knee(knee: int, n_latent: int, roles: pd.DataFrame, ranks: pd.DataFr
     counts = extra.value_counts()
     return "knee above the truth; dimensions {}-{} follow: ".format(n_latent + 1, knee) + ", ".join(
         f"{name} ({n})" for name, n in counts.items())
+
+
+@dataclass
+class TruthScan:
+    """Table 1 of one survey, its knee, and what the true chemistry says about it.
+
+    Book: {ref}`sec-ground-truth`
+
+    Attributes
+    ----------
+    n_latent : int
+        The survey's true number of latent chemical dimensions.
+    N_values : ndarray of int
+        Dimensions kept (the last one: all K).
+    per_cluster : ndarray, shape (n_N, n_runs, n_clusters)
+        Leave-one-cluster-out rates.
+    n_members : ndarray, shape (n_clusters,)
+    knee : helpers.rsca.knee.Knee
+    roles : pandas.DataFrame
+        :func:`dimension_roles` of run 0.
+    ranks : pandas.DataFrame
+        :func:`latent_ranks` of run 0.
+    reason : str
+        :func:`explain_knee`: ``"hit"`` or why not.
+    n_field : int
+        Selected field giants.
+    """
+
+    n_latent: int
+    N_values: np.ndarray
+    per_cluster: np.ndarray
+    n_members: np.ndarray
+    knee: Knee
+    roles: pd.DataFrame
+    ranks: pd.DataFrame
+    reason: str
+    n_field: int
+
+    @property
+    def hit(self) -> bool:
+        """Whether the knee is the true number of dimensions +- 1."""
+        return abs(self.knee.knee - self.n_latent) <= 1
+
+
+def _scan(inputs, truth, runs, N_values, max_rank):
+    labels = inputs.cluster_labels
+    ev = RateEvaluator(labels, PairFilter.from_inputs(inputs))
+    K = runs[0].field.shape[1]
+    P = np.stack([np.stack([ev.per_cluster(r.field, r.cluster, top_n=None if N >= K else int(N))
+                            for r in runs]) for N in N_values])
+    roles = dimension_roles(runs[0], labels, truth, inputs.field_rows, max_rank=max_rank)
+    ranks = latent_ranks(runs[0], labels, np.asarray(truth["LATENT"])[inputs.field_rows],
+                         max_rank=max_rank)
+    return P, ev.n_members, roles, ranks
+
+
+def truth_scan(params: SurveyParams, *, n_components: int = 30, n_runs: int = 5, seed: int = 0,
+               N_values=None, z: float = 2.0, n_boot: int = 1000, n_fit=None,
+               mask: MaskParams = MaskParams(ism_windows="paper"),
+               keep_survey: bool = False) -> TruthScan:
+    """Table 1, its knee and the truth's account of it, for another synthetic survey.
+
+    Book: {ref}`sec-ground-truth`
+
+    The survey is scratch: generated for the measurement and removed afterwards
+    (:func:`helpers.rsca.scratch.scratch_inputs`, unless ``keep_survey``), while its
+    per-cluster rates and truth tables are cached (:func:`helpers.rsca.scratch.cached_arrays`),
+    so a second call generates nothing.
+
+    Parameters
+    ----------
+    params : SurveyParams
+        The survey (e.g. ``chapter_source(n_field_alt, seed, n_latent=6)``).
+    n_components, n_runs, seed, n_fit :
+        The PPCA runs (every field star by default), as in
+        :func:`helpers.rsca.representation.ppca_runs`.
+    N_values : sequence of int, optional
+        Dimensions kept (default 1..15); ``n_components`` ("all") is added.
+    z, n_boot :
+        The knee rule (:func:`helpers.rsca.knee.find_knee`).
+    mask : MaskParams
+        The paper's windows by default, which small surveys need.
+    keep_survey : bool
+        Keep the generated survey.
+
+    Returns
+    -------
+    TruthScan
+    """
+    if not isinstance(params, SurveyParams):
+        raise ValueError("truth_scan needs the SurveyParams of a synthetic survey: only a synthetic "
+                         f"survey knows its true chemistry (got {type(params).__name__})")
+    n_latent = int(params.n_latent)
+    N = sorted({int(n) for n in (N_values or range(1, 16)) if n < n_components} | {int(n_components)})
+    max_rank = max(N[-2] if len(N) > 1 else 1, n_latent + 2)
+    key = result_key("truth-scan-v1", survey=params.key(), mask=mask.to_dict(), K=int(n_components),
+                     n_runs=int(n_runs), seed=int(seed), n_fit=n_fit, N=N, tol=PPCA_TOL,
+                     max_rank=max_rank)
+
+    def compute():
+        with scratch_inputs(params, mask=mask, keep=keep_survey) as (inp, survey):
+            runs = ppca_runs(inp, n_components, n_runs, seed=seed, n_fit=n_fit, cache=False,
+                             progress=False)
+            P, n_members, roles, ranks = _scan(inp, survey.truth_arrays, runs, N, max_rank)
+            out = {"P": P, "n_members": n_members, "n_field": inp.field_flux.shape[0],
+                   "ranks_index": ranks.index.to_numpy().astype(str)}
+            out.update({f"roles_{c}": roles[c].to_numpy() for c in roles.columns})
+            out.update({f"ranks_{c}": ranks[c].to_numpy() for c in ranks.columns})
+            return out
+
+    arr = cached_arrays("truth_scan", key, compute)
+    roles = pd.DataFrame({k[6:]: v for k, v in arr.items() if k.startswith("roles_")})
+    roles.index = pd.Index(np.arange(1, len(roles) + 1), name="rank")
+    ranks = pd.DataFrame({k[6:]: v for k, v in arr.items()
+                          if k.startswith("ranks_") and k != "ranks_index"}, index=arr["ranks_index"])
+    knee = find_knee(arr["P"], arr["n_members"], N, z=z, n_boot=n_boot, seed=seed)
+    return TruthScan(n_latent=n_latent, N_values=np.asarray(N), per_cluster=arr["P"],
+                     n_members=arr["n_members"], knee=knee, roles=roles, ranks=ranks,
+                     reason=explain_knee(knee.knee, n_latent, roles, ranks),
+                     n_field=int(arr["n_field"]))
