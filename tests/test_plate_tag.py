@@ -1,23 +1,31 @@
 """A plate pattern must never tag a cluster (issue 14, item 5).
 
-Members of one open cluster are observed together, on a few plates; a plate pattern strong
-enough to become one of the RSCA metric's top dimensions makes them look alike for reasons
-that are not chemistry (issue 13 found exactly that: the 2nd and 3rd RSCA dimensions were
-plate patterns and the best rate was 7 times too low).  These tests generate small surveys and
-measure, with the survey's truth, how much of each top RSCA dimension plate membership
-explains (:func:`helpers.rsca.truth.plate_share`).  The default survey must stay far from it;
-the positive control (a plate pattern ten times stronger) shows that the check can fail.
+Members of one open cluster are observed together, on one or two plates, while their allowed
+doppelganger pairs (same velocity, same extinction) mostly sit on other plates.  A plate
+pattern that becomes one of the RSCA metric's top dimensions therefore makes members look
+alike for a reason that is not chemistry, and flatters the rate (issue 13 found the 2nd and
+3rd dimensions to be plate patterns).  These tests generate small lean surveys
+(:func:`helpers.rsca.scratch.lean`) and measure, with the survey's truth, how much of each of
+the metric's top dimensions plate membership explains (:func:`helpers.rsca.truth.plate_share`).
+
+At K = 30 the default survey of generator v5 fails this check (a top-3 dimension with plate
+share ~0.7 on 6,000 stars; on 20,000 stars, switching the plate pattern off raises the
+cross-validated rate from 0.019 to 0.034, chapter 5b's imprint table): the test of the
+default setting is marked as an expected failure, strict, so that it turns into a failure
+the day the survey stops letting plates tag clusters and the marker must go.
 """
 import os
 
 import pytest
 
 from helpers.rsca.representation import ppca_runs
-from helpers.rsca.scratch import scratch_inputs
+from helpers.rsca.scratch import lean, scratch_inputs
 from helpers.rsca.truth import dimension_roles
 from helpers.survey import SurveyParams
+from helpers.survey.generate import survey_dir
 
-N_FIELD = 4000   # ~2,500 selected giants on ~17 field plates, the 22 clusters in full
+N_FIELD = 6000   # ~3,800 selected giants on ~26 field plates, the 22 clusters in full
+K, TOP = 30, 10  # the paper's K; the dimensions a knee or Table 1 would keep
 
 
 @pytest.fixture(scope="module")
@@ -31,21 +39,25 @@ def cache(tmp_path_factory):
         os.environ["STARS_BOOK_CACHE"] = old
 
 
-def top_plate_share(params, K=10, top=5):
+def top_plate_share(params):
     """Largest plate share among the top RSCA dimensions (PPCA on every field star)."""
     with scratch_inputs(params) as (inputs, survey):
         run = ppca_runs(inputs, K, 1, cache=False, progress=False)[0]
         roles = dimension_roles(run, inputs.cluster_labels, survey.truth_arrays, inputs.field_rows,
-                                max_rank=top)
+                                max_rank=TOP)
+    assert not survey_dir(params).exists(), "a scratch survey must be removed after use"
     return float(roles.r2_plate.max())
 
 
+def test_no_plate_pattern_no_plate_share(cache):
+    """The diagnostic reads zero when the survey has no plate pattern (negative control)."""
+    share = top_plate_share(lean(SurveyParams(n_field=N_FIELD, seed=3, plate_systematic=0.0)))
+    assert share < 0.05, f"plate share {share:.2f} without any plate pattern"
+
+
+@pytest.mark.xfail(strict=True, reason="survey v5 default: plate patterns reach the metric's top "
+                                       "dimensions and flatter the rate (reported with issue 14)")
 def test_default_plates_tag_no_cluster(cache):
-    share = top_plate_share(SurveyParams(n_field=N_FIELD, seed=3))
+    share = top_plate_share(lean(SurveyParams(n_field=N_FIELD, seed=3)))
     assert share < 0.2, (f"a top RSCA dimension of the default survey follows the plates "
                          f"(plate share {share:.2f}): plate patterns tag clusters")
-
-
-def test_the_check_sees_a_plate_tag(cache):
-    share = top_plate_share(SurveyParams(n_field=N_FIELD, seed=3, plate_systematic=0.03))
-    assert share > 0.5, f"a plate pattern ten times the default should dominate a top dimension ({share:.2f})"

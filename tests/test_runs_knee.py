@@ -111,3 +111,75 @@ def test_knee_bad_input():
         find_knee(P, np.full(22, 8), [3, 2, 1])
     with pytest.raises(ValueError, match="shape"):
         find_knee(P, np.full(22, 8), [1, 2, 3, 4])
+
+
+def test_truth_needs_a_synthetic_survey(tmp_path):
+    from helpers.rsca.truth import survey_truth, truth_scan
+
+    with pytest.raises(ValueError, match="real data has no truth"):
+        survey_truth({"cache": tmp_path, "occam_members": tmp_path / "occam.fits"})
+    with pytest.raises(ValueError, match="only a synthetic survey knows"):
+        truth_scan({"cache": tmp_path, "occam_members": tmp_path / "occam.fits"})
+
+
+def test_explain_knee():
+    import pandas as pd
+
+    from helpers.rsca.truth import explain_knee
+
+    ranks = pd.DataFrame({"scale": [0.3, 0.1, 0.06, 0.045, 0.035], "r2_ppca": [0.99, 0.9, 0.8, 0.6, 0.1],
+                          "r2_top": [0.99, 0.9, 0.8, 0.6, 0.05], "first_N": [1, 1, 3, 9, 0]},
+                         index=["[Fe/H]", "[alpha/M]", "weak 1", "weak 2", "weak 3"])
+    roles = pd.DataFrame({"role": ["latent chemistry"] * 3 + ["Teff, logg", "element scatter", "noise"]},
+                         index=pd.Index(range(1, 7), name="rank"))
+    assert explain_knee(4, 5, roles, ranks) == "hit"
+    why = explain_knee(3, 5, roles, ranks)
+    assert "not resolved by the PPCA coefficients: weak 3" in why and "weak 2 (from N = 9)" in why
+    above = explain_knee(6, 3, roles, ranks)
+    assert above.startswith("knee above the truth; dimensions 4-6") and "Teff, logg (1)" in above
+
+
+def test_ablation_table_pairs_settings():
+    from helpers.rsca.ablation import ablation_table, imprint_ablation
+    from helpers.survey import SurveyParams
+
+    rng = np.random.default_rng(0)
+    clusters, members = np.array(["a", "b", "c", "d"]), np.array([5.0, 8, 3, 6])
+    base = {"clusters": clusters, "n_members": members, "spectra": rng.uniform(0, 0.05, (3, 4)),
+            "subset": rng.uniform(0, 0.05, 4), "all21": rng.uniform(0, 0.05, 4), "n_field": 1000}
+    off = dict(base, spectra=base["spectra"] + 0.01)
+    t = ablation_table({"all": base, "off": off}, n_boot=200)
+    assert t.loc["all", "spectra_diff"] == 0 and t.loc["off", "spectra_diff"] == pytest.approx(0.01)
+    assert t.loc["off", "spectra_diff_sd"] == pytest.approx(0, abs=1e-12)    # paired: a constant shift
+    with pytest.raises(ValueError, match="other clusters"):
+        ablation_table({"all": base, "x": dict(base, clusters=np.array(["a", "b", "c", "e"]))})
+    with pytest.raises(ValueError, match="unknown SurveyParams field"):
+        imprint_ablation(SurveyParams(n_field=1000), {"x": {"no_such_field": 0}})
+
+
+def test_knee_percentile_margin_resists_one_wild_cluster():
+    # a clean knee at N = 4, plus one cluster whose rate jumps to 0.3 from N = 2 on
+    P = _curve([0.06, 0.03, 0.015, 0, 0, 0, 0, 0], noise=0.002)
+    P[1:, :, 0] = 0.3
+    w = np.full(22, 8.0)
+    N = np.arange(1, 10)
+    sd_rule = find_knee(P, w, N, n_boot=1000, seed=1)
+    pct_rule = find_knee(P, w, N, n_boot=1000, seed=1, margin="percentile")
+    assert pct_rule.knee == 4 and pct_rule.margin == "percentile"
+    assert sd_rule.knee <= pct_rule.knee
+    with pytest.raises(ValueError, match="margin"):
+        find_knee(P, w, N, margin="mad")
+
+
+def test_lean_survey_has_the_same_spectra(tmp_path, monkeypatch):
+    from helpers.rsca.scratch import lean
+    from helpers.survey import SurveyParams, generate_survey, load_survey
+
+    monkeypatch.setenv("STARS_BOOK_CACHE", str(tmp_path))
+    params = SurveyParams(n_field=600, seed=5)
+    full = load_survey(generate_survey(params, progress=False))
+    thin = load_survey(generate_survey(lean(params), progress=False))
+    assert thin.params.n_jwst == 0 and thin.params.n_files == 0
+    np.testing.assert_array_equal(np.asarray(full.spectra.flux), np.asarray(thin.spectra.flux))
+    np.testing.assert_array_equal(np.asarray(full.spectra.error), np.asarray(thin.spectra.error))
+    assert full.allstar.equals(thin.allstar)

@@ -22,7 +22,7 @@ from helpers.rsca.pairs import PairFilter
 from helpers.rsca.pipeline import MaskParams
 from helpers.rsca.representation import PPCA_TOL, ppca_runs
 from helpers.rsca.runs import RateEvaluator, RateSpread
-from helpers.rsca.scratch import cached_arrays, result_key, scratch_inputs
+from helpers.rsca.scratch import cached_arrays, lean, result_key, scratch_inputs
 from helpers.rsca.selection import SelectionParams
 from helpers.survey import SurveyParams
 
@@ -99,7 +99,8 @@ def imprint_ablation(base: SurveyParams, settings: dict = IMPRINTS, *, progress:
     Parameters
     ----------
     base : SurveyParams
-        The survey with every imprint (e.g. ``chapter_source(n_field, survey_seed)``).
+        The survey with every imprint (e.g. ``chapter_source(n_field, survey_seed)``); the
+        settings are generated lean (:func:`helpers.rsca.scratch.lean`: no twins, no files).
     settings : dict of str -> dict
         Name -> SurveyParams fields to change (default :data:`IMPRINTS`); the first entry
         is the reference of the differences.
@@ -118,7 +119,7 @@ def imprint_ablation(base: SurveyParams, settings: dict = IMPRINTS, *, progress:
         unknown = set(changes) - set(SurveyParams.__dataclass_fields__)
         if unknown:
             raise ValueError(f"setting {name!r} changes unknown SurveyParams field(s) {sorted(unknown)}")
-        out[name] = setting_rates(base.replace(**changes), **kwargs)
+        out[name] = setting_rates(lean(base.replace(**changes)), **kwargs)
         if progress:
             print(f"  {name}: done", flush=True)
     return out

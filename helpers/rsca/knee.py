@@ -12,6 +12,14 @@ bootstrap that resamples the clusters jointly across N (the same clusters for ev
 the PPCA runs too.  Pairing matters: the rates at neighbouring N share most of their
 cluster-to-cluster scatter, so their difference is far better determined than either rate.
 The knee's own uncertainty comes from applying the rule to every bootstrap replicate.
+
+``margin="percentile"`` states "more than z standard deviations" without assuming that the
+bootstrap distribution of a difference is normal: a drop counts if it stays positive in all
+but a fraction ``Phi(-z)`` of the replicates (2.3 % for z = 2), i.e. the margin is the
+distance from the drop to that lower percentile.  For a normal distribution the two margins
+are the same; when one cluster's rate jumps between two N, the number of times the bootstrap
+draws that cluster makes the distribution of the difference skewed and wide, the standard
+deviation calls even a halving of the rate noise, and the percentile margin does not.
 """
 from __future__ import annotations
 
@@ -19,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy.stats import norm
 
 from helpers.rsca.runs import MIN_RUNS, joint_bootstrap
 
@@ -45,11 +54,14 @@ class Knee:
         Fraction of replicates whose knee equals ``knee``.
     table : pandas.DataFrame
         One row per N: ``rate`` (mean over runs), ``sd`` (joint bootstrap),
-        ``largest_drop`` (the largest R(N) - R(N') over N' > N), ``drop_sd`` (its paired
-        standard deviation), ``z_drop`` (their ratio; the most significant one over N' is
-        shown), ``knee_share`` (fraction of replicates with this knee).
+        ``largest_drop`` (a drop R(N) - R(N') to a larger N'; the one largest relative to its
+        margin is shown), ``margin`` (how large it had to be to count), ``drop_over_margin``
+        (their ratio: above 1, a larger N is better), ``knee_share`` (fraction of
+        replicates with this knee).
     z : float
         Threshold in standard deviations.
+    margin : str
+        ``"sd"`` or ``"percentile"``.
     replicates : ndarray of int, shape (n_boot,)
         Knee of every bootstrap replicate.
     """
@@ -60,6 +72,8 @@ class Knee:
     table: pd.DataFrame
     z: float
     replicates: np.ndarray
+    margin: str = "sd"
+    without: pd.Series = None
 
     def text(self) -> str:
         """``"5 (68 % interval 4-6)"``."""
@@ -68,18 +82,18 @@ class Knee:
         return f"{self.knee} (68 % interval {span})"
 
 
-def _rule(R, sd, z):
-    """Index of the knee for rates R (n_N,) and paired sds sd (n_N, n_N)."""
+def _rule(R, margin):
+    """Index of the knee for rates R (n_N,) and the margins of their drops (n_N, n_N)."""
     n = R.size
     for i in range(n):
         drops = R[i] - R[i + 1:]
-        if np.all(drops <= z * sd[i, i + 1:]):
+        if np.all(drops <= margin[i, i + 1:]):
             return i
     return n - 1
 
 
 def find_knee(per_cluster, n_members, N_values, *, z: float = 2.0, n_boot: int = 1000,
-              seed: int = 0) -> Knee:
+              seed: int = 0, margin: str = "sd", clusters=None, influence: bool = True) -> Knee:
     """The knee of Table 1 from per-cluster rates of every PPCA run at every N.
 
     Book: {ref}`sec-knee`
@@ -100,6 +114,13 @@ def find_knee(per_cluster, n_members, N_values, *, z: float = 2.0, n_boot: int =
         Bootstrap replicates (clusters and runs resampled jointly across N).
     seed : int
         Seed of the bootstrap.
+    margin : {"sd", "percentile"}
+        How far a drop must go to count: ``z`` standard deviations of its bootstrap
+        distribution, or beyond its lower ``Phi(-z)`` percentile (see the module docstring).
+    clusters : array_like, shape (n_clusters,), optional
+        Cluster names, for :attr:`Knee.without`.
+    influence : bool
+        Also find the knee with each cluster left out (:attr:`Knee.without`).
 
     Returns
     -------
@@ -121,25 +142,43 @@ def find_knee(per_cluster, n_members, N_values, *, z: float = 2.0, n_boot: int =
         raise ValueError(f"z must be a positive number, got {z!r}")
     if int(n_boot) != n_boot or n_boot < 100:
         raise ValueError(f"n_boot must be an integer >= 100, got {n_boot!r}")
-    w = np.asarray(n_members, float)
+    if margin not in ("sd", "percentile"):
+        raise ValueError(f"margin must be 'sd' or 'percentile', got {margin!r}")
+    k, rep_knees, table = _knee(P, np.asarray(n_members, float), N, z, int(n_boot), seed, margin)
+    without = None
+    if influence and P.shape[2] > 2:
+        names = np.arange(P.shape[2]) if clusters is None else np.asarray(clusters)
+        without = pd.Series({names[c]: int(N[_knee(np.delete(P, c, axis=2), np.delete(np.asarray(
+            n_members, float), c), N, z, int(n_boot), seed, margin)[0]]) for c in range(P.shape[2])},
+            name="knee without the cluster")
+    lo, hi = np.percentile(rep_knees, [16, 84], method="nearest")
+    return Knee(knee=int(N[k]), interval=(int(lo), int(hi)),
+                probability=float(np.mean(rep_knees == N[k])), table=table, z=float(z),
+                replicates=rep_knees, margin=margin, without=without)
+
+
+def _knee(P, w, N, z, n_boot, seed, margin):
+    """(index of the knee, knees of the replicates, table) for per-cluster rates P."""
     ok = np.all(np.isfinite(P), axis=(0, 1))
     R = np.nan_to_num(P).mean(axis=1) @ np.where(ok, w, 0) / np.where(ok, w, 0).sum()
     reps = joint_bootstrap(P, w, int(n_boot), seed, runs=True)        # (n_boot, n_N)
     diff = reps[:, :, None] - reps[:, None, :]                         # (n_boot, n_N, n_N)
     sd = diff.std(axis=0, ddof=1)
-    k = _rule(R, sd, z)
-    rep_knees = np.array([N[_rule(r, sd, z)] for r in reps])
+    if margin == "sd":
+        bound = z * sd
+    else:
+        lower = np.percentile(diff, 100 * norm.cdf(-z), axis=0)
+        bound = np.maximum(R[:, None] - R[None, :] - lower, 0.0)
+    k = _rule(R, bound)
+    rep_knees = np.array([N[_rule(r, bound)] for r in reps])
     drops = np.full(N.size, np.nan)
-    drop_sd = np.full(N.size, np.nan)
+    drop_margin = np.full(N.size, np.nan)
     for i in range(N.size - 1):
-        zs = (R[i] - R[i + 1:]) / np.where(sd[i, i + 1:] > 0, sd[i, i + 1:], np.inf)
-        j = i + 1 + int(np.argmax(zs))
-        drops[i], drop_sd[i] = R[i] - R[j], sd[i, j]
+        ratio = (R[i] - R[i + 1:]) / np.where(bound[i, i + 1:] > 0, bound[i, i + 1:], np.inf)
+        j = i + 1 + int(np.argmax(ratio))
+        drops[i], drop_margin[i] = R[i] - R[j], bound[i, j]
     table = pd.DataFrame({"N": N, "rate": R, "sd": reps.std(axis=0, ddof=1),
-                          "largest_drop": drops, "drop_sd": drop_sd,
-                          "z_drop": drops / np.where(drop_sd > 0, drop_sd, np.nan),
+                          "largest_drop": drops, "margin": drop_margin,
+                          "drop_over_margin": drops / np.where(drop_margin > 0, drop_margin, np.nan),
                           "knee_share": [np.mean(rep_knees == n) for n in N]})
-    lo, hi = np.percentile(rep_knees, [16, 84], method="nearest")
-    return Knee(knee=int(N[k]), interval=(int(lo), int(hi)),
-                probability=float(np.mean(rep_knees == N[k])), table=table, z=float(z),
-                replicates=rep_knees)
+    return k, rep_knees, table

@@ -323,8 +323,10 @@ class RelevantScaling:
         means /= counts[:, None]
         Zcen = Zs - means[codes]
         if rot:
-            # PCA of the within-cluster vectors (their overall mean is exactly 0)
-            _, sv, Vt = np.linalg.svd(Zcen, full_matrices=True)
+            # PCA of the within-cluster vectors (their overall mean is exactly 0); the full
+            # basis is only needed with fewer vectors than dimensions (and the full SVD costs
+            # 100x more under a busy multi-threaded BLAS)
+            _, sv, Vt = np.linalg.svd(Zcen, full_matrices=Zcen.shape[0] < K)
             sg = np.sign(Vt[np.arange(K), np.argmax(np.abs(Vt), axis=1)])
             sg[sg == 0] = 1
             R = Vt * sg[:, None]

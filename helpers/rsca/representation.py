@@ -238,6 +238,8 @@ def ppca_representation(inputs, n_components: int, *, n_fit: int | None = None, 
         with np.load(path, allow_pickle=False) as z:
             info = json.loads(str(z["info"]))
             info["from_cache"] = True
+            info.setdefault("seed", int(seed))             # caches written before it was recorded
+            info.setdefault("with_members", bool(with_members))
             return Representation(z["field"], z["cluster"], z["components"],
                                   z["explained_variance"], float(z["noise_variance"]), info)
     t0 = time.perf_counter()

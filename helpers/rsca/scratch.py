@@ -27,7 +27,20 @@ from helpers.rsca.selection import SelectionParams
 from helpers.survey import GENERATOR_VERSION, SurveyParams, generate_survey, load_survey
 from helpers.survey.generate import is_complete_survey, survey_dir
 
-__all__ = ["scratch_inputs", "cached_arrays", "result_key"]
+__all__ = ["scratch_inputs", "cached_arrays", "result_key", "lean"]
+
+
+def lean(params: SurveyParams) -> SurveyParams:
+    """The same survey without what RSCA does not read: no JWST twins, no aspcapStar files.
+
+    Book: {ref}`sec-imprint-table`
+
+    The twins and the files come from their own random streams (or are plain output), so
+    the catalogue and the spectra are those of ``params`` exactly
+    (``tests/test_runs_knee.py`` checks it); a lean survey is several times faster to
+    generate and smaller on disk.
+    """
+    return params.replace(n_jwst=0, n_files=0)
 
 
 def result_key(kind: str, **parts) -> str:

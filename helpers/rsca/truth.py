@@ -25,7 +25,7 @@ from helpers.rsca.pairs import PairFilter
 from helpers.rsca.pipeline import MaskParams
 from helpers.rsca.representation import PPCA_TOL, ppca_runs
 from helpers.rsca.runs import RateEvaluator
-from helpers.rsca.scratch import cached_arrays, result_key, scratch_inputs
+from helpers.rsca.scratch import cached_arrays, lean, result_key, scratch_inputs
 from helpers.survey import Survey, SurveyParams, generate_survey, load_survey
 
 __all__ = ["survey_truth", "explained_share", "plate_share", "dimension_roles", "latent_ranks",
@@ -239,7 +239,7 @@ def latent_ranks(rep, labels, latent, *, max_rank: int = 12,
 
 
 def explain_knee(knee: int, n_latent: int, roles: pd.DataFrame, ranks: pd.DataFrame,
-                 threshold: float = ROLE_THRESHOLD) -> str:
+                 threshold: float = ROLE_THRESHOLD, without=None) -> str:
     """Why a knee misses the true number of chemical dimensions (``"hit"`` when within 1).
 
     Book: {ref}`sec-ground-truth`
@@ -254,16 +254,25 @@ def explain_knee(knee: int, n_latent: int, roles: pd.DataFrame, ranks: pd.DataFr
         From :func:`dimension_roles` and :func:`latent_ranks` of the same representation.
     threshold : float
         R^2 from which a latent coordinate counts as recovered or resolved.
+    without : pandas.Series, optional
+        :attr:`helpers.rsca.knee.Knee.without`: the knee with each cluster left out.
 
     Returns
     -------
     str
-        ``"hit"``, or the reason: which latent coordinates the first ``knee`` dimensions
-        miss and why (not resolved by the PPCA coefficients; or ranked beyond the knee by
-        RSCA), or what the dimensions beyond ``n_latent`` up to the knee follow.
+        ``"hit"``, or the reason: a single cluster whose removal makes the knee a hit (it
+        makes the drops beyond the knee insignificant, or significant, on its own); which
+        latent coordinates the first ``knee`` dimensions miss and why (not resolved by the
+        PPCA coefficients; or ranked beyond the knee by RSCA); or what the dimensions beyond
+        ``n_latent`` up to the knee follow.
     """
     if abs(knee - n_latent) <= 1:
         return "hit"
+    prefix = ""
+    if without is not None and len(without):
+        hits = without[(without - n_latent).abs() <= 1]
+        if len(hits):
+            prefix = "; ".join(f"without {name} the knee is {int(k)}" for name, k in hits.items()) + "; "
     if knee < n_latent:
         missed = ranks[(ranks.first_N == 0) | (ranks.first_N > knee)]
         unresolved = missed[missed.r2_ppca < threshold]
@@ -276,12 +285,12 @@ def explain_knee(knee: int, n_latent: int, roles: pd.DataFrame, ranks: pd.DataFr
             parts.append("resolved, but ranked beyond the knee: " + ", ".join(
                 f"{n} (from N = {int(r.first_N)})" if r.first_N else f"{n} (not within the scan)"
                 for n, r in late.iterrows()))
-        return "knee below the truth; " + "; ".join(parts) if parts else \
-            "knee below the truth although every latent coordinate is recovered by N = knee"
+        return "knee below the truth; " + prefix + ("; ".join(parts) if parts else
+                                                    "every latent coordinate is recovered by N = knee")
     extra = roles.loc[(roles.index > n_latent) & (roles.index <= knee), "role"]
     counts = extra.value_counts()
-    return "knee above the truth; dimensions {}-{} follow: ".format(n_latent + 1, knee) + ", ".join(
-        f"{name} ({n})" for name, n in counts.items())
+    return "knee above the truth; " + prefix + "dimensions {}-{} follow: ".format(n_latent + 1, knee) + \
+        ", ".join(f"{name} ({n})" for name, n in counts.items())
 
 
 @dataclass
@@ -335,11 +344,11 @@ def _scan(inputs, truth, runs, N_values, max_rank):
     roles = dimension_roles(runs[0], labels, truth, inputs.field_rows, max_rank=max_rank)
     ranks = latent_ranks(runs[0], labels, np.asarray(truth["LATENT"])[inputs.field_rows],
                          max_rank=max_rank)
-    return P, ev.n_members, roles, ranks
+    return P, ev.n_members, ev.clusters, roles, ranks
 
 
 def truth_scan(params: SurveyParams, *, n_components: int = 30, n_runs: int = 5, seed: int = 0,
-               N_values=None, z: float = 2.0, n_boot: int = 1000, n_fit=None,
+               N_values=None, z: float = 2.0, n_boot: int = 1000, n_fit=None, margin: str = "sd",
                mask: MaskParams = MaskParams(ism_windows="paper"),
                keep_survey: bool = False) -> TruthScan:
     """Table 1, its knee and the truth's account of it, for another synthetic survey.
@@ -360,7 +369,7 @@ def truth_scan(params: SurveyParams, *, n_components: int = 30, n_runs: int = 5,
         :func:`helpers.rsca.representation.ppca_runs`.
     N_values : sequence of int, optional
         Dimensions kept (default 1..15); ``n_components`` ("all") is added.
-    z, n_boot :
+    z, n_boot, margin :
         The knee rule (:func:`helpers.rsca.knee.find_knee`).
     mask : MaskParams
         The paper's windows by default, which small surveys need.
@@ -374,10 +383,11 @@ def truth_scan(params: SurveyParams, *, n_components: int = 30, n_runs: int = 5,
     if not isinstance(params, SurveyParams):
         raise ValueError("truth_scan needs the SurveyParams of a synthetic survey: only a synthetic "
                          f"survey knows its true chemistry (got {type(params).__name__})")
+    params = lean(params)            # no twins, no files: the same catalogue and spectra
     n_latent = int(params.n_latent)
     N = sorted({int(n) for n in (N_values or range(1, 16)) if n < n_components} | {int(n_components)})
     max_rank = max(N[-2] if len(N) > 1 else 1, n_latent + 2)
-    key = result_key("truth-scan-v1", survey=params.key(), mask=mask.to_dict(), K=int(n_components),
+    key = result_key("truth-scan-v2", survey=params.key(), mask=mask.to_dict(), K=int(n_components),
                      n_runs=int(n_runs), seed=int(seed), n_fit=n_fit, N=N, tol=PPCA_TOL,
                      max_rank=max_rank)
 
@@ -385,8 +395,8 @@ def truth_scan(params: SurveyParams, *, n_components: int = 30, n_runs: int = 5,
         with scratch_inputs(params, mask=mask, keep=keep_survey) as (inp, survey):
             runs = ppca_runs(inp, n_components, n_runs, seed=seed, n_fit=n_fit, cache=False,
                              progress=False)
-            P, n_members, roles, ranks = _scan(inp, survey.truth_arrays, runs, N, max_rank)
-            out = {"P": P, "n_members": n_members, "n_field": inp.field_flux.shape[0],
+            P, n_members, clusters, roles, ranks = _scan(inp, survey.truth_arrays, runs, N, max_rank)
+            out = {"P": P, "n_members": n_members, "clusters": clusters, "n_field": inp.field_flux.shape[0],
                    "ranks_index": ranks.index.to_numpy().astype(str)}
             out.update({f"roles_{c}": roles[c].to_numpy() for c in roles.columns})
             out.update({f"ranks_{c}": ranks[c].to_numpy() for c in ranks.columns})
@@ -397,8 +407,9 @@ def truth_scan(params: SurveyParams, *, n_components: int = 30, n_runs: int = 5,
     roles.index = pd.Index(np.arange(1, len(roles) + 1), name="rank")
     ranks = pd.DataFrame({k[6:]: v for k, v in arr.items()
                           if k.startswith("ranks_") and k != "ranks_index"}, index=arr["ranks_index"])
-    knee = find_knee(arr["P"], arr["n_members"], N, z=z, n_boot=n_boot, seed=seed)
+    knee = find_knee(arr["P"], arr["n_members"], N, z=z, n_boot=n_boot, seed=seed, margin=margin,
+                     clusters=arr["clusters"])
     return TruthScan(n_latent=n_latent, N_values=np.asarray(N), per_cluster=arr["P"],
                      n_members=arr["n_members"], knee=knee, roles=roles, ranks=ranks,
-                     reason=explain_knee(knee.knee, n_latent, roles, ranks),
+                     reason=explain_knee(knee.knee, n_latent, roles, ranks, without=knee.without),
                      n_field=int(arr["n_field"]))
