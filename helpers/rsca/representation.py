@@ -176,8 +176,9 @@ class StackedRows:
 
 
 def _cache_key(inputs, n_components, n_fit, seed, tol, max_iter, with_members=False) -> str:
+    # the inputs' cache folder name is itself a key (survey, selection, masking); its full
+    # path is not part of the key, so a cache folder moved with STARS_BOOK_CACHE stays valid
     blob = {"format": _FORMAT, "engine": ENGINE_VERSION,
-            "inputs": str(getattr(inputs, "path", "")),
             "inputs_key": getattr(inputs, "path", None) and inputs.path.name,
             "K": int(n_components), "n_fit": n_fit, "seed": int(seed),
             "tol": float(tol), "max_iter": int(max_iter)}
