@@ -38,6 +38,30 @@ def test_evaluator_matches_full_field_loco():
         np.testing.assert_allclose(ev.per_cluster(rep.field, rep.cluster), full.table["rate"], atol=1e-12)
 
 
+def test_rates_are_cached_by_content(tmp_path, monkeypatch):
+    monkeypatch.setenv("STARS_BOOK_CACHE", str(tmp_path))
+    runs, labels, pairs = planted_runs(n_runs=2)
+    ev = RateEvaluator(labels, pairs, n_boot=50)
+    a = ev.per_cluster(runs[0].field, runs[0].cluster, top_n=3)
+    assert len(list((tmp_path / "rsca_rates").glob("*.npy"))) == 1
+    # a fresh evaluator reads the file; the rates are those computed without any cache
+    again = RateEvaluator(labels, pairs, n_boot=50)
+    np.testing.assert_array_equal(again.per_cluster(runs[0].field, runs[0].cluster, top_n=3), a)
+    np.testing.assert_array_equal(a, ev.per_cluster(runs[0].field, runs[0].cluster, top_n=3, cache=False))
+    # other coordinates, another N or another pair filter are other entries, with their own rates
+    other = ev.per_cluster(runs[1].field, runs[1].cluster, top_n=3)
+    np.testing.assert_array_equal(other, ev.per_cluster(runs[1].field, runs[1].cluster, top_n=3,
+                                                        cache=False))
+    ev.per_cluster(runs[0].field, runs[0].cluster, top_n=2)
+    wide = RateEvaluator(labels, PairFilter(pairs.vhelio_pop, pairs.ak_pop, pairs.vhelio_clust,
+                                            pairs.ak_clust, dv_max=50.0), n_boot=50)
+    np.testing.assert_array_equal(wide.per_cluster(runs[0].field, runs[0].cluster, top_n=3),
+                                  wide.per_cluster(runs[0].field, runs[0].cluster, top_n=3, cache=False))
+    assert len(list((tmp_path / "rsca_rates").glob("*.npy"))) == 4
+    with pytest.raises(TypeError, match="unknown"):
+        ev.per_cluster(runs[0].field, runs[0].cluster, top=3)
+
+
 def test_spread_statistics():
     runs, labels, pairs = planted_runs(n_runs=4)
     ev = RateEvaluator(labels, pairs, n_boot=300, seed=1)

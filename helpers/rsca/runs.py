@@ -18,19 +18,40 @@ for every chapter and keeps both spreads:
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
+from helpers.paths import cache_dir
 from helpers.rsca.checks import check_labels
 from helpers.rsca.doppelganger import LocoFit, loco_doppelganger_rates
 from helpers.rsca.pairs import PairFilter
 
-__all__ = ["RateSpread", "RateEvaluator", "joint_bootstrap", "MIN_RUNS"]
+__all__ = ["RateSpread", "RateEvaluator", "joint_bootstrap", "MIN_RUNS", "RATES_VERSION"]
 
 #: PPCA runs needed for a spread over runs (a standard deviation needs two values).
 MIN_RUNS = 2
+
+#: Version of the leave-one-cluster-out rates kept in ``.cache/rsca_rates``: bump it when
+#: anything that changes a rate (metric, pair filter, counting) changes.
+RATES_VERSION = 1
+
+
+def _digest(*arrays) -> str:
+    """SHA-256 of arrays' shapes, dtypes and bytes (the content a cached rate depends on)."""
+    h = hashlib.sha256()
+    for a in arrays:
+        if a is None:
+            h.update(b"none")
+            continue
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes() if a.dtype != object else json.dumps(a.tolist()).encode())
+    return h.hexdigest()
 
 
 def _weights(per_cluster, n_members):
@@ -247,6 +268,11 @@ class RateEvaluator:
             self.candidates = checked.candidates()
             self.pairs = checked.restricted(self.candidates)
         self.n_boot, self.seed = int(n_boot), int(seed)
+        p = self.pairs
+        self._setup_key = _digest(np.asarray(self.labels).astype(str), self.candidates,
+                                  p.vhelio_pop, p.ak_pop, p.vhelio_clust, p.ak_clust,
+                                  np.array([p.dv_max, p.dak_max], float))
+        self._memo = {}
 
     def rate(self, field_X, cluster_X, *, mode: str = "transformed", top_n=None, leak: bool = False):
         """Leave-one-cluster-out rates of one representation.
@@ -278,12 +304,48 @@ class RateEvaluator:
         return loco_doppelganger_rates(pop, cluster_X, self.labels, fit_fn=fit, leak=leak,
                                        n_boot=0, **self.pairs.as_kwargs())
 
-    def per_cluster(self, field_X, cluster_X, **kwargs) -> np.ndarray:
+    def per_cluster(self, field_X, cluster_X, *, cache: bool = True, **kwargs) -> np.ndarray:
         """Per-cluster rates (sorted clusters) of one representation, shape (n_clusters,).
 
         Book: {ref}`sec-rsca-spread`
+
+        The rates are kept in memory and in ``.cache/rsca_rates/<key>.npy``, keyed by the
+        content of the coordinates, the members' clusters, the pair filter, ``kwargs`` and
+        :data:`RATES_VERSION`, so a chapter run again (or another chapter asking for the same
+        rate) reads them instead of recomputing them.
+
+        Parameters
+        ----------
+        field_X : array_like, shape (n_field, K)
+        cluster_X : array_like, shape (n_members, K)
+        cache : bool
+            Read and write the cache (False: always compute).
+        **kwargs
+            ``mode``, ``top_n``, ``leak`` as in :meth:`rate`.
         """
-        return self.rate(field_X, cluster_X, **kwargs).table["rate"].to_numpy(float)
+        if not cache:
+            return self.rate(field_X, cluster_X, **kwargs).table["rate"].to_numpy(float)
+        opts = {"mode": kwargs.get("mode", "transformed"), "top_n": kwargs.get("top_n"),
+                "leak": bool(kwargs.get("leak", False))}
+        unknown = set(kwargs) - set(opts)
+        if unknown:
+            raise TypeError(f"unknown argument(s) {sorted(unknown)}; expected mode, top_n, leak")
+        key = hashlib.sha256(json.dumps(
+            {"v": RATES_VERSION, "setup": self._setup_key, "X": _digest(field_X, cluster_X),
+             **{k: (None if v is None else (v if isinstance(v, (str, bool)) else int(v)))
+                for k, v in opts.items()}}, sort_keys=True).encode()).hexdigest()[:20]
+        if key in self._memo:
+            return self._memo[key].copy()
+        path = cache_dir("rsca_rates") / f"{key}.npy"
+        if path.exists():
+            out = np.load(path)
+        else:
+            out = self.rate(field_X, cluster_X, **opts).table["rate"].to_numpy(float)
+            tmp = path.with_name(f".{key}.{os.getpid()}.tmp.npy")
+            np.save(tmp, out)
+            os.replace(tmp, path)
+        self._memo[key] = out
+        return out.copy()
 
     def over_runs(self, reps, **kwargs) -> RateSpread:
         """The rate of several PPCA runs of one representation (at least two).
