@@ -22,7 +22,7 @@ HERE = Path(__file__).resolve().parent
 
 #: The command shown on the page (run from the repository's top folder).
 COMMAND = """python -m helpers.sweep notebooks/06_dimensionality.md
-  -p n_latent_alt 3 5 7 --seeds 43 44 45 --seed-name survey_seed_alt
+  -p n_latent_alt 3 5 7 --seeds 43 --seed-name survey_seed_alt
   -p n_field 20000 -p n_field_alt 20000 -p K_values "[10, 30]" -p K_table 30
   -p n_runs 3 -p n_runs_k 2 -p n_train_values "[5, 11, 21]" -p n_subsets 5 -p n_boot 500
   --jobs 2 --out .cache/sweeps/06_truth"""
