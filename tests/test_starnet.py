@@ -156,10 +156,11 @@ def test_label_scaler_ignores_missing_and_round_trips():
 # model
 # ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("n_pixels", [8575, 130, 1001])
-def test_fast_block_equals_plain_torch_layers(n_pixels):
+@pytest.mark.parametrize("n_pixels,chunk", [(8575, 16), (130, 4), (1001, 1)])
+def test_fast_block_equals_plain_torch_layers(n_pixels, chunk):
     torch.manual_seed(1)
     model = StarNet(n_pixels).double()
+    model.chunk = chunk                    # 6 spectra: one chunk, 4 + 2, or one at a time
     ref = reference_sequential(n_pixels).double()
     ref.load_state_dict(model.reference_state_dict())
     x = torch.rand(6, n_pixels, dtype=torch.float64)

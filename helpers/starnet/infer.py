@@ -72,7 +72,7 @@ def _outputs(run: StarNetRun, data, batch_size: int, what: str) -> tuple:
     return tuple(outs)
 
 
-def predict(run: StarNetRun, data, batch_size: int = 1024) -> Prediction:
+def predict(run: StarNetRun, data, batch_size: int = 256) -> Prediction:
     """Labels and calibrated uncertainties for a data set or an array of spectra.
 
     Book: {ref}`sec-starnet-results`
@@ -97,7 +97,7 @@ def predict(run: StarNetRun, data, batch_size: int = 1024) -> Prediction:
                       names=run.scaler.names)
 
 
-def embed(run: StarNetRun, data, layer: str = "output", batch_size: int = 1024) -> np.ndarray:
+def embed(run: StarNetRun, data, layer: str = "output", batch_size: int = 256) -> np.ndarray:
     """StarNet's representation of spectra, for StarCLIP and for nearest neighbours.
 
     Book: {ref}`sec-starnet-results`

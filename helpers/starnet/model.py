@@ -38,8 +38,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["KERNEL", "POOL", "StarNet", "pooled_length", "reference_sequential"]
+__all__ = ["KERNEL", "POOL", "DEFAULT_CHUNK", "StarNet", "pooled_length", "reference_sequential"]
 
+#: Spectra the fast convolution block processes at once (its arrays then stay in cache).
+DEFAULT_CHUNK = 16
 #: Kernel width of both convolutions and the max-pool width (the essay's values).
 KERNEL = 8
 POOL = 4
@@ -83,39 +85,54 @@ def _toeplitz(w2: torch.Tensor) -> tuple:
 
 
 class _ConvBlock(torch.autograd.Function):
-    """conv1 ELU conv2 max-pool ELU, in (batch, position, channel) layout; see module doc."""
+    """conv1 ELU conv2 max-pool ELU, in (batch, position, channel) layout; see module doc.
+
+    The batch is processed ``chunk`` spectra at a time, so that the large intermediate
+    arrays of one chunk (the unfolded windows, conv2's output and its gradient) stay in the
+    processor's cache; the windows are rebuilt in the backward pass instead of kept.
+    """
 
     @staticmethod
-    def forward(ctx, x, w1, b1, w2, b2):
+    def forward(ctx, x, w1, b1, w2, b2, chunk):
         n, p = x.shape
         l1 = p - (KERNEL - 1)
         l3 = (l1 - (KERNEL - 1)) // POOL
         n2 = POOL * l3
         s_h = -(-l1 // 8)                      # blocks of 8 positions covering conv1's output
         rows = (s_h + 1) * 8                   # one zero block in front (see backward)
-        # conv1 as a product: windows of 8 pixels (a strided view, copied once)
-        u1 = x.unfold(1, KERNEL, 1).reshape(n * l1, KERNEL)
-        z1 = torch.addmm(b1, u1, w1.reshape(_C1, KERNEL).t())
-        h1 = F.elu(z1).view(n, l1, _C1)
-        # conv2: windows of 8 positions x 4 channels = 32 consecutive floats of h1
-        u2 = x.new_zeros((n, rows, KERNEL * _C1))
-        u2[:, 8:8 + n2].copy_(h1.view(n, l1 * _C1).unfold(1, KERNEL * _C1, _C1)[:, :n2])
+        w1m = w1.reshape(_C1, KERNEL).t()
         w2m = w2.permute(2, 1, 0).reshape(KERNEL * _C1, _C2)      # [(k, c), co]
-        z2 = torch.addmm(b2, u2.view(-1, KERNEL * _C1), w2m).view(n, rows, _C2)
-        zz = z2[:, 8:8 + n2].view(n, l3, POOL, _C2)
-        m01 = torch.maximum(zz[:, :, 0], zz[:, :, 1])
-        m23 = torch.maximum(zz[:, :, 2], zz[:, :, 3])
-        pooled = torch.maximum(m01, m23)
-        out = F.elu(pooled)
-        if any(ctx.needs_input_grad[1:]):
-            # index of the maximum, the first one on ties (as max_pool1d)
-            idx = torch.where(m23 > m01, (zz[:, :, 3] > zz[:, :, 2]).to(torch.int64) + 2,
-                              (zz[:, :, 1] > zz[:, :, 0]).to(torch.int64))
-            ctx.save_for_backward(u1, h1, u2, idx, out, w2)
-            ctx.geometry = (n, l1, l3, n2, s_h, rows)
+        train = any(ctx.needs_input_grad[1:5])
+        h1 = x.new_empty((n, l1, _C1))
+        out = x.new_empty((n, l3, _C2))
+        idx = torch.empty((n, l3, _C2), dtype=torch.uint8) if train else None
+        u2 = x.new_zeros((min(chunk, n), rows, KERNEL * _C1))
+        for a in range(0, n, chunk):
+            b = min(a + chunk, n)
+            m = b - a
+            # conv1 as a product on windows of 8 pixels
+            hc = h1[a:b].view(m * l1, _C1)
+            torch.addmm(b1, x[a:b].unfold(1, KERNEL, 1).reshape(m * l1, KERNEL), w1m, out=hc)
+            F.elu_(hc)
+            # conv2: windows of 8 positions x 4 channels = 32 consecutive floats of h1
+            uc = u2[:m]
+            uc[:, 8:8 + n2].copy_(h1[a:b].view(m, l1 * _C1).unfold(1, KERNEL * _C1, _C1)[:, :n2])
+            z2 = torch.addmm(b2, uc.view(-1, KERNEL * _C1), w2m).view(m, rows, _C2)
+            zz = z2[:, 8:8 + n2].view(m, l3, POOL, _C2)
+            m01 = torch.maximum(zz[:, :, 0], zz[:, :, 1])
+            m23 = torch.maximum(zz[:, :, 2], zz[:, :, 3])
+            F.elu_(torch.maximum(m01, m23, out=out[a:b]))
+            if train:
+                # index of the maximum, the first one on ties (as max_pool1d)
+                hi = m23 > m01
+                i = torch.where(hi, zz[:, :, 3] > zz[:, :, 2], zz[:, :, 1] > zz[:, :, 0])
+                torch.add(i.to(torch.uint8), hi.to(torch.uint8), alpha=2, out=idx[a:b])
+        if train:
+            ctx.save_for_backward(x, h1, idx, out, w1, w2)
+            ctx.geometry = (n, l1, l3, n2, s_h, rows, chunk)
         if ctx.needs_input_grad[0]:
             ctx.input_grad = True
-        return out.reshape(n, l3 * _C2)
+        return out.view(n, l3 * _C2)
 
     @staticmethod
     def backward(ctx, gout):
@@ -123,28 +140,46 @@ class _ConvBlock(torch.autograd.Function):
             raise NotImplementedError("StarNet's fast convolution block does not compute "
                                       "gradients with respect to the spectra; use "
                                       "impl='reference' for that")
-        u1, h1, u2, idx, out, w2 = ctx.saved_tensors
-        n, l1, l3, n2, s_h, rows = ctx.geometry
-        gm = gout.reshape(n, l3, _C2) * torch.where(out > 0, 1.0, out + 1.0)
-        # gradient of conv2's output: gm at the position of each maximum, zero elsewhere,
-        # stored in blocks of 8 positions after one zero block
-        g = gm.new_zeros((n, rows, _C2))
-        g[:, 8:8 + n2].view(n, l3, POOL, _C2).scatter_(2, idx.unsqueeze(2), gm.unsqueeze(2))
-        gw2 = (u2.view(-1, KERNEL * _C1).t() @ g.view(-1, _C2))
-        gw2 = gw2.reshape(KERNEL, _C1, _C2).permute(2, 1, 0).contiguous()
-        gb2 = gm.sum(dim=(0, 1))
-        # input gradient of conv2: block s of h1 gets G[s] @ A + G[s-1] @ B
+        x, h1, idx, out, w1, w2 = ctx.saved_tensors
+        n, l1, l3, n2, s_h, rows, chunk = ctx.geometry
+        gout = gout.reshape(n, l3, _C2)
         ta, tb = _toeplitz(w2)
-        gblk = g.view(n * (s_h + 1), 8 * _C2)
-        hfull = gm.new_empty((n * (s_h + 1), 8 * _C1))
-        torch.mm(gblk[1:], ta, out=hfull[:-1])
-        hfull[:-1].addmm_(gblk[:-1], tb)
-        gh1 = hfull.view(n, s_h + 1, 8 * _C1)[:, :s_h].reshape(n, s_h * 8, _C1)[:, :l1]
-        gz1 = gh1 * torch.where(h1 > 0, 1.0, h1 + 1.0)
-        gz1 = gz1.reshape(n * l1, _C1)
-        gw1 = (u1.t() @ gz1).t().reshape(_C1, 1, KERNEL)
-        gb1 = gz1.sum(dim=0)
-        return None, gw1, gb1, gw2, gb2
+        gw1 = x.new_zeros((KERNEL, _C1))
+        gw2 = x.new_zeros((KERNEL * _C1, _C2))
+        gb1 = x.new_zeros(_C1)
+        gb2 = x.new_zeros(_C2)
+        m0 = min(chunk, n)
+        u2 = x.new_zeros((m0, rows, KERNEL * _C1))
+        g = x.new_empty((m0, rows, _C2))
+        hfull = x.new_empty((m0 * (s_h + 1), 8 * _C1))
+        for a in range(0, n, chunk):
+            b = min(a + chunk, n)
+            m = b - a
+            o = out[a:b]
+            gm = gout[a:b] * torch.where(o > 0, 1.0, o + 1.0)
+            gb2 += gm.sum(dim=(0, 1))
+            # gradient of conv2's output: gm at the position of each maximum, zero
+            # elsewhere, in blocks of 8 positions after one zero block
+            gc = g[:m]
+            gc.zero_()
+            gc[:, 8:8 + n2].view(m, l3, POOL, _C2).scatter_(
+                2, idx[a:b].unsqueeze(2).to(torch.int64), gm.unsqueeze(2))
+            uc = u2[:m]
+            uc[:, 8:8 + n2].copy_(h1[a:b].view(m, l1 * _C1).unfold(1, KERNEL * _C1, _C1)[:, :n2])
+            gw2.addmm_(uc.view(-1, KERNEL * _C1).t(), gc.view(-1, _C2))
+            # input gradient of conv2: block s of h1 gets G[s] @ A + G[s-1] @ B
+            gblk = gc.view(m * (s_h + 1), 8 * _C2)
+            hc = hfull[:m * (s_h + 1)]
+            torch.mm(gblk[1:], ta, out=hc[:-1])
+            hc[:-1].addmm_(gblk[:-1], tb)
+            gh1 = hc.view(m, s_h + 1, 8 * _C1)[:, :s_h].reshape(m, s_h * 8, _C1)[:, :l1]
+            hb = h1[a:b]
+            gz1 = (gh1 * torch.where(hb > 0, 1.0, hb + 1.0)).reshape(m * l1, _C1)
+            gb1 += gz1.sum(dim=0)
+            gw1.addmm_(x[a:b].unfold(1, KERNEL, 1).reshape(m * l1, KERNEL).t(), gz1)
+        gw1 = gw1.t().reshape(_C1, 1, KERNEL)
+        gw2 = gw2.reshape(KERNEL, _C1, _C2).permute(2, 1, 0).contiguous()
+        return None, gw1, gb1, gw2, gb2, None
 
 
 def _reference_block(x, w1, b1, w2, b2):
@@ -187,21 +222,37 @@ class StarNet(nn.Module):
         self.n_pixels = int(n_pixels)
         self.n_labels = int(n_labels)
         self.impl = impl
+        self.chunk = DEFAULT_CHUNK
         self.conv1 = nn.Conv1d(1, _C1, KERNEL)
         self.conv2 = nn.Conv1d(_C1, _C2, KERNEL)
         self.fc1 = nn.Linear(_C2 * pooled_length(n_pixels), 256)
         self.fc2 = nn.Linear(256, 128)
         self.fc3 = nn.Linear(128, n_labels)
         self.logvar = nn.Linear(128, n_labels)
+        # input scaling, x -> (x - input_mean) * input_scale: identity until set
+        self.register_buffer("input_mean", torch.zeros(self.n_pixels))
+        self.register_buffer("input_scale", torch.ones(self.n_pixels))
+
+    def set_input_scaling(self, mean, scale) -> None:
+        """Fix the input scaling x -> (x - mean) * scale (per pixel; saved with the weights).
+
+        Parameters
+        ----------
+        mean, scale : array_like, shape (n_pixels,) or scalar
+        """
+        for buf, v in ((self.input_mean, mean), (self.input_scale, scale)):
+            v = np.array(np.broadcast_to(np.asarray(v, np.float64), (self.n_pixels,)))
+            buf.copy_(torch.from_numpy(v))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Flattened pooled convolution features, shape (n, 16 L), position-major."""
         if x.ndim != 2 or x.shape[1] != self.n_pixels:
             raise ValueError(f"StarNet expects spectra of shape (n, {self.n_pixels}), got "
                              f"{tuple(x.shape)}: spectra on another grid?")
+        x = (x - self.input_mean) * self.input_scale
         args = (x, self.conv1.weight, self.conv1.bias, self.conv2.weight, self.conv2.bias)
         if self.impl == "fast":
-            return _ConvBlock.apply(*args)
+            return _ConvBlock.apply(*args, self.chunk)
         return _reference_block(*args)
 
     def hidden(self, x: torch.Tensor) -> torch.Tensor:
@@ -223,9 +274,12 @@ class StarNet(nn.Module):
         return self.fc3(h), self.logvar(h.detach())
 
     def reference_state_dict(self) -> dict:
-        """The weights for :func:`reference_sequential` (fc1 columns made channel-major)."""
+        """The weights for :func:`reference_sequential` (fc1 columns made channel-major).
+
+        The plain network has no input scaling: feed it spectra already scaled.
+        """
         sd = {k: v.detach().clone() for k, v in self.state_dict().items()
-              if not k.startswith("logvar")}
+              if not k.startswith(("logvar", "input_"))}
         l3 = pooled_length(self.n_pixels)
         w = sd["fc1.weight"].view(256, l3, _C2).permute(0, 2, 1).reshape(256, _C2 * l3)
         sd["fc1.weight"] = w.contiguous()

@@ -40,10 +40,10 @@ from .split import StarSplit
 
 __all__ = ["MODEL_VERSION", "TrainConfig", "StarNetRun", "train_starnet", "load_run",
            "pretrained_encoders", "fast_allocation", "progress_enabled", "starnet_loss",
-           "train_epoch"]
+           "train_epoch", "centred_rms"]
 
 #: Bump when the model or the training code changes what a run computes (enters the key).
-MODEL_VERSION = "1"
+MODEL_VERSION = "2"
 _FORMAT = "stars-ml-book/starnet-run/1"
 
 
@@ -67,6 +67,11 @@ class TrainConfig:
         StepLR: the learning rate is multiplied by ``gamma`` every ``step_size`` epochs.
     seed : int
         Seed of the weights' initialisation and of the batch order.
+    input_scaling : {'centred', 'none'}
+        'centred': the network sees each spectrum minus the training stars' mean spectrum,
+        divided by one number, the RMS of that difference over the training stars' observed
+        pixels (a missing pixel, filled with the mean, becomes exactly 0); 'none': the
+        flux as it is (the essay).
     """
 
     epochs: int = 15
@@ -76,6 +81,7 @@ class TrainConfig:
     step_size: int = 5
     gamma: float = 0.1
     seed: int = 0
+    input_scaling: str = "centred"
 
     def __post_init__(self):
         for name, low in (("epochs", 1), ("batch_size", 1), ("step_size", 1), ("seed", 0)):
@@ -89,6 +95,9 @@ class TrainConfig:
             if not (isinstance(v, (int, float, np.floating)) and np.isfinite(v) and v > 0):
                 raise ValueError(f"TrainConfig.{name} must be a positive number, got {v!r}")
             object.__setattr__(self, name, float(v))
+        if self.input_scaling not in ("centred", "none"):
+            raise ValueError(f"TrainConfig.input_scaling must be 'centred' or 'none', got "
+                             f"{self.input_scaling!r}")
         if not (np.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay!r}")
         object.__setattr__(self, "weight_decay", float(self.weight_decay))
@@ -246,7 +255,7 @@ def _masked_targets(y: np.ndarray, scaler: LabelScaler) -> tuple:
 
 
 @torch.inference_mode()
-def _predict_std(model: StarNet, data, batch_size: int = 1024) -> tuple:
+def _predict_std(model: StarNet, data, batch_size: int = 256) -> tuple:
     """Standardised means and log variances of every row of ``data`` (SpectraSet or array)."""
     n = len(data)
     mu = np.empty((n, model.n_labels), np.float32)
@@ -257,6 +266,22 @@ def _predict_std(model: StarNet, data, batch_size: int = 1024) -> tuple:
         mu[s:s + batch_size] = m.numpy()
         lv[s:s + batch_size] = v.numpy()
     return mu, lv
+
+
+def centred_rms(data: SpectraSet, chunk: int = 1024) -> float:
+    """RMS of (flux - training mean spectrum) over the observed pixels of a data set.
+
+    Book: {ref}`sec-starnet-training`
+    """
+    total, count = 0.0, 0
+    for s in range(0, len(data), chunk):
+        d = np.asarray(data.flux[s:s + chunk], np.float64) - data.fill
+        ok = np.asarray(data.observed[s:s + chunk])
+        total += float(np.sum(d[ok] ** 2))
+        count += int(ok.sum())
+    if count == 0 or total <= 0:
+        raise ValueError("the training spectra have no observed pixel that varies")
+    return float(np.sqrt(total / count))
 
 
 def starnet_loss(model: StarNet, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> tuple:
@@ -374,6 +399,8 @@ def train_starnet(source: StarnetSource, split: StarSplit, modality: str = "apog
 
     torch.manual_seed(config.seed)
     model = StarNet(train.n_pixels, len(LABEL_NAMES))
+    if config.input_scaling == "centred":
+        model.set_input_scaling(train.fill, 1.0 / centred_rms(train))
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
                             fused=True)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=config.step_size, gamma=config.gamma)

@@ -1,0 +1,232 @@
+"""StarNet training speed: one epoch over the paper-scale training split, and what makes it fast.
+
+Writes ``benchmarks/results/starnet.json``. Usage::
+
+    .venv/bin/python benchmarks/bench_starnet.py              # paper scale (238,400 stars)
+    .venv/bin/python benchmarks/bench_starnet.py --n-field 20000 --batches 10
+
+What it measures, all in one process so that ratios are fair:
+
+1. the machine's float32 matrix-product throughput (a 4096 x 4096 GEMM);
+2. per-batch time of three variants, interleaved over rounds: the straightforward loop
+   (``torch.nn`` layers with oneDNN convolutions, ELU before the pool, for-each AdamW, the
+   system allocator), the same with fused AdamW and :func:`helpers.starnet.fast_allocation`,
+   and the book's StarNet (its own convolution block as well);
+3. one full training epoch of the book's code (:func:`helpers.starnet.train_epoch`) over the
+   training part of the StarNet split, APOGEE and NIRSpec: ``epoch_s`` and
+   ``spectra_per_s``; the useful floating-point work of a step (dense convolutions, as
+   PyTorch's layers compute them) divided by the time, as a fraction of the GEMM rate.
+
+The load average (``os.getloadavg``) is recorded with every timing: the machine is shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from helpers.starnet import (LabelScaler, StarNet, fast_allocation, pooled_length,
+                             reference_sequential, source_from_survey, starnet_data,
+                             starnet_source, starnet_split, train_epoch)
+from helpers.survey import load_survey
+
+RESULTS = Path(__file__).resolve().parent / "results" / "starnet.json"
+
+
+def load() -> list:
+    """1, 5 and 15-minute load averages."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def gemm_gflops(n: int = 4096, repeats: int = 5) -> float:
+    """Best float32 GEMM rate (GFLOP/s) of ``repeats`` n x n products."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = np.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best / 1e9
+
+
+def flops_per_spectrum(n_pixels: int) -> float:
+    """Floating-point operations of one training step per spectrum (forward + backward).
+
+    Dense convolutions as PyTorch's layers compute them; the spectra need no gradient, so
+    the first convolution's backward pass is its weight gradient only.
+    """
+    l1 = n_pixels - 7
+    l2 = l1 - 7
+    l3 = pooled_length(n_pixels)
+    conv1 = 2 * l1 * 4 * 8
+    conv2 = 2 * l2 * 16 * 32
+    fc = 2 * (16 * l3 * 256 + 256 * 128 + 128 * 20 + 128 * 20)
+    return conv1 * 2 + conv2 * 3 + fc * 3
+
+
+class PlainStarNet(nn.Module):
+    """The straightforward model: torch.nn layers, as the essay wrote it, plus a log-variance head."""
+
+    def __init__(self, n_pixels: int):
+        super().__init__()
+        seq = reference_sequential(n_pixels)
+        self.trunk = seq[:-1]
+        self.fc3 = seq[-1]
+        self.logvar = nn.Linear(128, 20)
+
+    def predict_with_logvar(self, x):
+        h = self.trunk(x)
+        return self.fc3(h), self.logvar(h.detach())
+
+
+def time_batches(model, fused: bool, heap: bool, data, y, w, batches: int, batch: int,
+                 seed: int = 0) -> float:
+    """Median seconds per training batch of ``model`` over ``batches`` batches."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=fused,
+                            foreach=None if fused else True)
+    rng = np.random.default_rng(seed)
+    times = []
+    ctx = fast_allocation() if heap else _null()
+    with ctx:
+        for b in range(batches + 2):
+            idx = np.sort(rng.choice(len(data), batch, replace=False))
+            t = time.perf_counter()
+            x = torch.from_numpy(data.rows(idx))
+            mu, logvar = model.predict_with_logvar(x)
+            loss = ((mu - y[idx]) ** 2 * w[idx]).mean() + \
+                (0.5 * (logvar + (y[idx] - mu.detach()) ** 2 * torch.exp(-logvar))).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if b >= 2:
+                times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n-field", type=int, default=238_400, help="synthetic survey size")
+    p.add_argument("--survey", type=Path, default=None,
+                   help="an existing survey folder to use instead (e.g. one generated with "
+                        "paper_scale_params()); default: the chapter's survey for --n-field")
+    p.add_argument("--batches", type=int, default=20, help="batches per variant and round")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the variants")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--no-epoch", action="store_true", help="skip the full epochs")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+
+    t0 = time.perf_counter()
+    source = (source_from_survey(load_survey(args.survey)) if args.survey is not None
+              else starnet_source(n_field=args.n_field))
+    split = starnet_split(source, seed=0)
+    res = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                       "torch": torch.__version__, "threads": torch.get_num_threads()},
+           "source": source.key, "split": split.sizes, "batch_size": args.batch_size,
+           "load_start": load()}
+    gemm = gemm_gflops()
+    res["gemm_gflops"] = round(gemm, 1)
+    print(f"float32 GEMM: {gemm:.0f} GFLOP/s (load {load()})")
+
+    data = {m: starnet_data(source, split, m) for m in source.modalities}
+    y_train = source.labels(split.train, "true")
+    scaler = LabelScaler.fit(y_train)
+    z = scaler.transform(y_train)
+    y = torch.from_numpy(np.nan_to_num(z))
+    w = torch.from_numpy(np.isfinite(z).astype(np.float32))
+
+    # 2. variants, interleaved
+    train = data["apogee"]["train"]
+    n_pix = train.n_pixels
+    variants = {"plain": (lambda: PlainStarNet(n_pix), False, False),
+                "plain + fused AdamW + heap reuse": (lambda: PlainStarNet(n_pix), True, True),
+                "book (fast block + fused AdamW + heap reuse)": (lambda: StarNet(n_pix), True,
+                                                                 True)}
+    per_batch = {k: [] for k in variants}
+    loads = []
+    for r in range(args.rounds):
+        for name, (make, fused, heap) in variants.items():
+            torch.manual_seed(0)
+            s = time_batches(make(), fused, heap, train, y, w, args.batches, args.batch_size,
+                             seed=r)
+            per_batch[name].append(s)
+            loads.append(load())
+            print(f"round {r}: {name}: {s * 1e3:.1f} ms/batch (load {loads[-1]})")
+    n_train = len(train)
+    res["variants"] = {k: {"ms_per_batch": [round(1e3 * s, 1) for s in v],
+                           "median_ms_per_batch": round(1e3 * float(np.median(v)), 1),
+                           "projected_epoch_s": round(float(np.median(v)) * n_train
+                                                      / args.batch_size, 1)}
+                       for k, v in per_batch.items()}
+    base = np.median(per_batch["plain"])
+    res["speedup_vs_plain"] = {k: round(float(base / np.median(v)), 2)
+                               for k, v in per_batch.items()}
+    res["variant_loads"] = loads
+
+    # 3. full epochs with the book's code
+    if not args.no_epoch:
+        res["epochs"] = {}
+        for mod, sets in data.items():
+            tr = sets["train"]
+            torch.manual_seed(0)
+            model = StarNet(tr.n_pixels)
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+            gen = torch.Generator().manual_seed(0)
+            ids_pos = {i: k for k, i in enumerate(split.train)}
+            order = np.array([ids_pos[i] for i in tr.ids])
+            la = load()
+            with fast_allocation():
+                t = time.perf_counter()
+                train_epoch(model, opt, tr, y[order], w[order], args.batch_size, gen)
+                epoch_s = time.perf_counter() - t
+                t = time.perf_counter()
+                with torch.inference_mode():
+                    for s in range(0, len(sets["val"]), 1024):
+                        model.predict_with_logvar(torch.from_numpy(
+                            np.array(sets["val"].flux[s:s + 1024])))
+                val_s = time.perf_counter() - t
+            fl = flops_per_spectrum(tr.n_pixels)
+            n_used = (len(tr) // args.batch_size) * args.batch_size
+            rate = fl * n_used / epoch_s / 1e9
+            res["epochs"][mod] = {"n_spectra": len(tr), "n_pixels": tr.n_pixels,
+                                  "epoch_s": round(epoch_s, 2),
+                                  "spectra_per_s": round(n_used / epoch_s, 1),
+                                  "validation_pass_s": round(val_s, 2),
+                                  "gflop_per_spectrum": round(fl / 1e9, 4),
+                                  "achieved_gflops": round(rate, 1),
+                                  "fraction_of_gemm": round(rate / gemm, 3),
+                                  "load_before": la, "load_after": load()}
+            print(f"{mod}: one epoch over {len(tr):,} spectra in {epoch_s:.1f} s "
+                  f"({n_used / epoch_s:.0f} spectra/s, {rate:.0f} GFLOP/s = "
+                  f"{rate / gemm:.0%} of GEMM; load {la} -> {load()})")
+        apo = res["epochs"]["apogee"]
+        res.update({"epoch_s": apo["epoch_s"], "spectra_per_s": apo["spectra_per_s"],
+                    "fraction_of_gemm": apo["fraction_of_gemm"]})
+    res["load_end"] = load()
+    res["total_s"] = round(time.perf_counter() - t0, 1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(res, indent=1))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
