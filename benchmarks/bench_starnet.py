@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from helpers.starnet import (LabelScaler, StarNet, fast_allocation, pooled_length,
+from helpers.starnet import (LabelScaler, StarNet, centred_rms, fast_allocation, pooled_length,
                              reference_sequential, source_from_survey, starnet_data,
                              starnet_source, starnet_split, train_epoch)
 from helpers.survey import load_survey
@@ -131,8 +131,12 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the variants")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--no-epoch", action="store_true", help="skip the full epochs")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: torch's choice, one per core)")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
     t0 = time.perf_counter()
     source = (source_from_survey(load_survey(args.survey)) if args.survey is not None
@@ -188,6 +192,7 @@ def main(argv=None) -> int:
             tr = sets["train"]
             torch.manual_seed(0)
             model = StarNet(tr.n_pixels)
+            model.set_input_scaling(tr.fill, 1.0 / centred_rms(tr))   # as train_starnet
             opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
             gen = torch.Generator().manual_seed(0)
             ids_pos = {i: k for k, i in enumerate(split.train)}

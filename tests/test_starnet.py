@@ -9,7 +9,7 @@ import torch
 
 from helpers.starnet import (LABEL_NAMES, STARNET_ELEMENTS, LabelScaler, ModalitySpectra,
                              SplitOverlapError, StarNet, StarnetSource, StarSplit, TrainConfig,
-                             aspcap_labels, calibration, embed, fit_ridge, label_metrics,
+                             aspcap_labels, calibration, centred_rms, embed, fit_ridge, label_metrics,
                              load_split, make_split, observed_pixels, predict,
                              reference_sequential, starnet_data, starnet_split, train_starnet,
                              true_labels)
@@ -258,6 +258,37 @@ def test_training_is_reproducible_cached_and_calibrated(cache):
     assert np.all(p.sigma > 0) and abs(np.mean(p.mean[:, 0]) - 4500) < 400
     assert embed(run, data["test"]).shape == (len(data["test"]), 20)
     assert embed(run, data["test"], layer="hidden").shape == (len(data["test"]), 128)
+
+
+def test_centred_input_scaling_is_saved_and_maps_missing_pixels_to_zero(cache):
+    src = _fake_source()
+    split = starnet_split(src, seed=0)
+    data = starnet_data(src, split, "apogee")
+    tr = data["train"]
+    # the RMS of (flux - training mean) over observed pixels, computed directly
+    d = np.asarray(tr.flux, np.float64) - tr.fill
+    ok = np.asarray(tr.observed)
+    assert centred_rms(tr, chunk=7) == pytest.approx(np.sqrt(np.mean(d[ok] ** 2)), rel=1e-9)
+    cfg = TrainConfig(epochs=1, batch_size=16)
+    run = train_starnet(src, split, "apogee", "true", cfg, progress=False)
+    m = run.model
+    assert np.allclose(m.input_mean.numpy(), tr.fill)
+    assert m.input_scale[0].item() == pytest.approx(1 / centred_rms(tr), rel=1e-6)
+    # a filled (missing) pixel reaches the first convolution as exactly 0
+    x = torch.from_numpy(np.array(tr.flux[:4]))
+    xs = (x - m.input_mean) * m.input_scale
+    assert torch.all(xs[~torch.from_numpy(np.asarray(tr.observed[:4]))] == 0)
+    # the scaling is part of the saved weights: the loaded run predicts as the trained one
+    again = train_starnet(src, split, "apogee", "true", cfg, progress=False)
+    assert torch.equal(again.model.input_scale, m.input_scale)
+    assert np.array_equal(predict(again, data["test"]).mean, predict(run, data["test"]).mean)
+    # the essay's choice is one field away, and a different run
+    plain = train_starnet(src, split, "apogee", "true",
+                          TrainConfig(epochs=1, batch_size=16, input_scaling="none"),
+                          progress=False)
+    assert plain.path != run.path and torch.all(plain.model.input_scale == 1)
+    with pytest.raises(ValueError, match="input_scaling"):
+        TrainConfig(input_scaling="zscore")
 
 
 def test_aspcap_labels_with_missing_values_train(cache):

@@ -29,9 +29,9 @@ from .labels import (LABEL_KINDS, LABEL_NAMES, LABEL_UNITS, STARNET_ELEMENTS, La
 from .model import StarNet, pooled_length, reference_sequential
 from .split import (PARTS, SPLIT_RATIOS, SplitOverlapError, StarSplit, load_split, make_split,
                     split_path, starnet_split)
-from .train import (MODEL_VERSION, StarNetRun, TrainConfig, fast_allocation, load_run,
-                    pretrained_encoders, progress_enabled, starnet_loss, train_epoch,
-                    train_starnet)
+from .train import (ESSAY_CONFIG, MODEL_VERSION, StarNetRun, TrainConfig, centred_rms,
+                    fast_allocation, load_run, pretrained_encoders, progress_enabled,
+                    starnet_loss, train_epoch, train_starnet)
 
 __all__ = [
     "ChapterSetup", "chapter_setup",
@@ -45,7 +45,8 @@ __all__ = [
     "StarNet", "pooled_length", "reference_sequential",
     "PARTS", "SPLIT_RATIOS", "SplitOverlapError", "StarSplit", "load_split", "make_split",
     "split_path", "starnet_split",
-    "MODEL_VERSION", "StarNetRun", "TrainConfig", "fast_allocation", "load_run",
+    "ESSAY_CONFIG", "MODEL_VERSION", "StarNetRun", "TrainConfig", "centred_rms",
+    "fast_allocation", "load_run",
     "pretrained_encoders",
     "progress_enabled", "starnet_loss", "train_epoch", "train_starnet",
 ]

@@ -41,7 +41,8 @@ class ChapterSetup:
 
 
 def chapter_setup(n_field, survey_seed, apogee_cache, max_real_stars, split_seed, epochs,
-                  batch_size, lr, step_size, gamma, seed, n_boot) -> ChapterSetup:
+                  batch_size, lr, step_size, gamma, seed, n_boot,
+                  input_scaling="centred") -> ChapterSetup:
     """Check the chapter's parameters, open its data and read (or draw once) its split.
 
     Book: {ref}`ch-starnet`
@@ -54,7 +55,7 @@ def chapter_setup(n_field, survey_seed, apogee_cache, max_real_stars, split_seed
             raise ValueError(f"{name} must be an integer >= {0 if name == 'split_seed' else 2}, "
                              f"got {v!r}")
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, step_size=step_size,
-                         gamma=gamma, seed=seed)
+                         gamma=gamma, seed=seed, input_scaling=input_scaling)
     source = starnet_source(n_field=n_field, survey_seed=survey_seed, apogee_cache=apogee_cache,
                             max_real_stars=max_real_stars)
     split = starnet_split(source, seed=int(split_seed))
