@@ -131,6 +131,8 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the variants")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--no-epoch", action="store_true", help="skip the full epochs")
+    p.add_argument("--epoch-modalities", nargs="+", default=None,
+                   help="modalities to time a full epoch of (default: all of the source's)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: torch's choice, one per core)")
     p.add_argument("--out", type=Path, default=RESULTS)
@@ -189,6 +191,8 @@ def main(argv=None) -> int:
     if not args.no_epoch:
         res["epochs"] = {}
         for mod, sets in data.items():
+            if args.epoch_modalities is not None and mod not in args.epoch_modalities:
+                continue
             tr = sets["train"]
             torch.manual_seed(0)
             model = StarNet(tr.n_pixels)
