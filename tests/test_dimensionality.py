@@ -65,13 +65,20 @@ def test_scans_find_the_planted_dimensions():
     np.testing.assert_allclose(tops[8].per_cluster[0], tops[8].per_cluster[1], atol=1e-9)
 
 
-def test_rates_vs_training_clusters():
+def test_rates_vs_training_clusters(tmp_path, monkeypatch):
+    monkeypatch.setenv("STARS_BOOK_CACHE", str(tmp_path))
     rep, labels, pairs = planted()
     ev = RateEvaluator(labels, pairs)
     out = dm.rates_vs_training_clusters([rep, rep], ev, [1, 6], n_subsets=3, seed=1)
     assert isinstance(out, pd.DataFrame) and len(out) == 12 and set(out.run) == {0, 1}
+    assert len(list((tmp_path / "rsca_rates").glob("fig5-*.npz"))) == 1
+    # read back from the cache: the same table as computed without it
     again = dm.rates_vs_training_clusters([rep, rep], ev, [1, 6], n_subsets=3, seed=1)
     pd.testing.assert_frame_equal(out, again)
+    pd.testing.assert_frame_equal(out, dm.rates_vs_training_clusters([rep, rep], ev, [1, 6], n_subsets=3,
+                                                                      seed=1, cache=False))
+    dm.rates_vs_training_clusters([rep, rep], ev, [1, 6], n_subsets=3, seed=2)   # another seed: own entry
+    assert len(list((tmp_path / "rsca_rates").glob("fig5-*.npz"))) == 2
     summary = dm.summarise_training_clusters(out.assign(K=8))
     assert summary.loc[(8, 6), "run_sd"] == 0 and summary.loc[(8, 6), "defined"] == 3
     # one cluster of 6 members has 5 within-cluster degrees of freedom, fewer than 8 dimensions

@@ -18,11 +18,16 @@ star, steps 3-4 without the held-out clusters, the pair filter of every other ra
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+
 import numpy as np
 import pandas as pd
 
+from helpers.paths import cache_dir
 from helpers.rsca.doppelganger import LocoFit, doppelganger_rate
-from helpers.rsca.runs import RateEvaluator
+from helpers.rsca.runs import RATES_VERSION, RateEvaluator, content_digest
 
 __all__ = ["rates_vs_k", "top_n_spreads", "table1", "rates_vs_training_clusters",
            "summarise_training_clusters", "latent_recovery"]
@@ -111,7 +116,7 @@ def table1(spreads: dict, K: int) -> pd.DataFrame:
 
 
 def rates_vs_training_clusters(runs, evaluator: RateEvaluator, n_train_values, *,
-                               n_subsets: int = 50, seed: int = 0) -> pd.DataFrame:
+                               n_subsets: int = 50, seed: int = 0, cache: bool = True) -> pd.DataFrame:
     """Doppelganger rate of held-out clusters when the metric sees only some clusters (Fig. 5).
 
     Book: {ref}`sec-fig5`
@@ -132,6 +137,10 @@ def rates_vs_training_clusters(runs, evaluator: RateEvaluator, n_train_values, *
         Each between 1 and (number of clusters - 1).
     n_subsets : int
     seed : int
+    cache : bool
+        Keep the table in ``.cache/rsca_rates/fig5-<key>.npz``, keyed by the runs'
+        coordinates, the evaluator's clusters and pair filter, the arguments and
+        :data:`helpers.rsca.runs.RATES_VERSION` (a second run of a chapter reads it).
 
     Returns
     -------
@@ -146,6 +155,17 @@ def rates_vs_training_clusters(runs, evaluator: RateEvaluator, n_train_values, *
                          f"is held out), got {bad}")
     if int(n_subsets) != n_subsets or n_subsets < 1:
         raise ValueError(f"n_subsets must be a positive integer, got {n_subsets!r}")
+    path = None
+    if cache:
+        key = hashlib.sha256(json.dumps(
+            {"v": RATES_VERSION, "setup": evaluator.setup_key,
+             "runs": [content_digest(r.field, r.cluster) for r in runs],
+             "n_train": [int(m) for m in n_train_values], "n_subsets": int(n_subsets),
+             "seed": int(seed)}, sort_keys=True).encode()).hexdigest()[:20]
+        path = cache_dir("rsca_rates") / f"fig5-{key}.npz"
+        if path.exists():
+            with np.load(path, allow_pickle=False) as z:
+                return pd.DataFrame({c: z[c] for c in z.files})
     subsets = {int(m): [np.isin(labels, np.random.default_rng([int(seed), int(m), s]).choice(
         names, int(m), replace=False)) for s in range(int(n_subsets))] for m in n_train_values}
     flt = evaluator.pairs
@@ -176,7 +196,12 @@ def rates_vs_training_clusters(runs, evaluator: RateEvaluator, n_train_values, *
                             dv_max=flt.dv_max, dak_max=flt.dak_max)
                         row.update(rate=res.global_rate, defined=True)
                 rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows, columns=["run", "n_train", "subset", "rate", "n_test_members", "defined"])
+    if path is not None:
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, **{c: table[c].to_numpy() for c in table.columns})
+        os.replace(tmp, path)
+    return table
 
 
 def summarise_training_clusters(table: pd.DataFrame) -> pd.DataFrame:

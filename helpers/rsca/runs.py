@@ -31,7 +31,8 @@ from helpers.rsca.checks import check_labels
 from helpers.rsca.doppelganger import LocoFit, loco_doppelganger_rates
 from helpers.rsca.pairs import PairFilter
 
-__all__ = ["RateSpread", "RateEvaluator", "joint_bootstrap", "MIN_RUNS", "RATES_VERSION"]
+__all__ = ["RateSpread", "RateEvaluator", "joint_bootstrap", "MIN_RUNS", "RATES_VERSION",
+           "content_digest"]
 
 #: PPCA runs needed for a spread over runs (a standard deviation needs two values).
 MIN_RUNS = 2
@@ -41,8 +42,11 @@ MIN_RUNS = 2
 RATES_VERSION = 1
 
 
-def _digest(*arrays) -> str:
-    """SHA-256 of arrays' shapes, dtypes and bytes (the content a cached rate depends on)."""
+def content_digest(*arrays) -> str:
+    """SHA-256 of arrays' shapes, dtypes and bytes (the content a cached rate depends on).
+
+    Book: {ref}`sec-rsca-spread`
+    """
     h = hashlib.sha256()
     for a in arrays:
         if a is None:
@@ -269,10 +273,16 @@ class RateEvaluator:
             self.pairs = checked.restricted(self.candidates)
         self.n_boot, self.seed = int(n_boot), int(seed)
         p = self.pairs
-        self._setup_key = _digest(np.asarray(self.labels).astype(str), self.candidates,
+        self._setup_key = content_digest(np.asarray(self.labels).astype(str), self.candidates,
                                   p.vhelio_pop, p.ak_pop, p.vhelio_clust, p.ak_clust,
                                   np.array([p.dv_max, p.dak_max], float))
         self._memo = {}
+
+    @property
+    def setup_key(self) -> str:
+        """Digest of what every rate of this evaluator depends on besides the coordinates:
+        the members' clusters, the candidate field stars and the pair filter."""
+        return self._setup_key
 
     def rate(self, field_X, cluster_X, *, mode: str = "transformed", top_n=None, leak: bool = False):
         """Leave-one-cluster-out rates of one representation.
@@ -331,7 +341,7 @@ class RateEvaluator:
         if unknown:
             raise TypeError(f"unknown argument(s) {sorted(unknown)}; expected mode, top_n, leak")
         key = hashlib.sha256(json.dumps(
-            {"v": RATES_VERSION, "setup": self._setup_key, "X": _digest(field_X, cluster_X),
+            {"v": RATES_VERSION, "setup": self._setup_key, "X": content_digest(field_X, cluster_X),
              **{k: (None if v is None else (v if isinstance(v, (str, bool)) else int(v)))
                 for k, v in opts.items()}}, sort_keys=True).encode()).hexdigest()[:20]
         if key in self._memo:
