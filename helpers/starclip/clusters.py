@@ -19,7 +19,7 @@ import json
 import os
 
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm   # not tqdm.auto: its import warns on stderr in a kernel without ipywidgets
 
 from helpers.paths import cache_dir
 from helpers.starnet import observed_pixels

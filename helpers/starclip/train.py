@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm   # not tqdm.auto: its import warns on stderr in a kernel without ipywidgets
 
 from helpers.paths import cache_dir
 
