@@ -1,6 +1,6 @@
 """Connecting to a Dask cluster and checking that its workers can do the book's work.
 
-Book: {ref}`page-sweeps`
+Book: {ref}`sec-scaling-cluster`
 
 The book runs on an existing distributed engine, Dask (``dask.distributed``), rather than a
 scheduler of its own.  :func:`connect` returns a client of a running cluster (any deployment:
@@ -26,7 +26,7 @@ __all__ = ["ClusterError", "connect", "check_workers", "data_paths", "path_finge
 class ClusterError(RuntimeError):
     """A Dask scheduler that cannot be reached, or workers that cannot do the work.
 
-    Book: {ref}`page-sweeps`
+    Book: {ref}`sec-scaling-cluster`
     """
 
 
@@ -34,7 +34,7 @@ def connect(scheduler=None, *, n_workers: int = 2, threads_per_worker: int = 1,
             timeout: float = 10.0, dashboard_address: str | None = ":0", **cluster_kwargs):
     """A ``distributed.Client`` of a running cluster, or of a new local one.
 
-    Book: {ref}`page-sweeps`
+    Book: {ref}`sec-scaling-cluster`
 
     Parameters
     ----------
@@ -100,7 +100,7 @@ def path_fingerprint(path) -> str:
     its entries (and a Zarr store's or cache's metadata files' contents), for a file its
     contents (up to 1 MB) or its size.
 
-    Book: {ref}`page-sweeps`
+    Book: {ref}`sec-scaling-cluster`
 
     Two machines that see the same shared file system get the same fingerprint; a worker
     with an empty or different folder at the same path does not.
@@ -128,7 +128,7 @@ def worker_report(modules: Sequence[str], paths: Sequence[str]) -> dict:
     """Run on a worker: which of ``modules`` import (and from where) and the fingerprint of
     each of ``paths``.
 
-    Book: {ref}`page-sweeps`
+    Book: {ref}`sec-scaling-cluster`
     """
     mods = {}
     for name in modules:
@@ -145,7 +145,7 @@ def check_workers(client, *, paths: Iterable = (), modules: Sequence[str] = ("he
     """Check that every worker imports ``modules`` and sees each of ``paths`` as this
     process does.
 
-    Book: {ref}`page-sweeps`
+    Book: {ref}`sec-scaling-cluster`
 
     Parameters
     ----------
@@ -202,7 +202,7 @@ def check_workers(client, *, paths: Iterable = (), modules: Sequence[str] = ("he
 def data_paths(*arrays) -> list[str]:
     """Files and Zarr stores the dask arrays read (found in their task graphs).
 
-    Book: {ref}`page-sweeps`
+    Book: {ref}`sec-scaling-cluster`
 
     Finds Zarr arrays (``dask.array.from_zarr``, :func:`helpers.apogee.load_zarr_cache`)
     and NumPy memory maps (``dask.array.from_array`` of a memmap); other sources are not

@@ -1,6 +1,6 @@
 """The spectra cache as a Zarr store: chunked arrays that the workers of a Dask cluster read.
 
-Book: {ref}`sec-survey-files`
+Book: {ref}`sec-scaling-zarr`
 
 On one machine the memory-mapped cache (:mod:`helpers.apogee.cache_loader`) stays the
 default.  Workers on other machines read a chunked format instead: a Zarr (v3) store on a
@@ -82,7 +82,7 @@ def _quiet_zarr():
 class ZarrSpectra:
     """An opened Zarr spectra store: lazy dask arrays plus checked ids and grid.
 
-    Book: {ref}`sec-survey-files`
+    Book: {ref}`sec-scaling-zarr`
 
     Attributes
     ----------
@@ -127,10 +127,20 @@ class ZarrSpectra:
         return 10.0 ** (g["CRVAL1"] + g["CDELT1"] * np.arange(g["n_pixels"], dtype=np.float64))
 
 
+class _NoBar:
+    """What write_zarr_store updates when no progress bar is shown."""
+
+    def update(self, n):
+        pass
+
+    def close(self):
+        pass
+
+
 def zarr_path(cache_path) -> Path:
     """Where the Zarr copy of the spectra cache at ``cache_path`` lives.
 
-    Book: {ref}`sec-survey-files`
+    Book: {ref}`sec-scaling-zarr`
     """
     return Path(cache_path) / ZARR_NAME
 
@@ -141,7 +151,7 @@ def write_zarr_store(out, arrays: Mapping[str, object], apogee_ids: Sequence[str
                      compress: Sequence[str] = (), progress: bool = True) -> Path:
     """Write row-aligned spectra matrices into a new Zarr store, atomically.
 
-    Book: {ref}`sec-survey-files`
+    Book: {ref}`sec-scaling-zarr`
 
     Parameters
     ----------
@@ -199,7 +209,9 @@ def write_zarr_store(out, arrays: Mapping[str, object], apogee_ids: Sequence[str
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.building-{os.getpid()}-{secrets.token_hex(4)}"
     n_rows_total = n * len(arrays)
-    bar = progress_bar(n_rows_total, f"zarr {out.name}", progress_enabled(progress))
+    # tqdm only when a bar is shown: in a kernel without ipywidgets its import warns
+    bar = (progress_bar(n_rows_total, f"zarr {out.name}", True) if progress_enabled(progress)
+           else _NoBar())
     try:
         with _quiet_zarr():
             _write_group(zarr, tmp, arrays, ids, grid, catalogue, attrs, chunk_rows, compress,
@@ -262,7 +274,7 @@ def open_zarr_store(path, *, grid: Mapping | None = None, expect_ids: Sequence[s
                     chunk_rows: int | None = None) -> ZarrSpectra:
     """Open a Zarr spectra store lazily, checking its format, grid and ids.
 
-    Book: {ref}`sec-survey-files`
+    Book: {ref}`sec-scaling-zarr`
 
     Parameters
     ----------
@@ -346,7 +358,7 @@ def write_zarr_cache(cache, out=None, *, chunk_rows: int = ZARR_CHUNK_ROWS,
                      progress: bool = True, force: bool = False) -> Path:
     """Write (or reuse) the Zarr copy of a memory-mapped spectra cache.
 
-    Book: {ref}`sec-survey-files`
+    Book: {ref}`sec-scaling-zarr`
 
     Parameters
     ----------
@@ -389,7 +401,7 @@ def load_zarr_cache(path, expect_ids: Sequence[str] | None = None,
                     chunk_rows: int | None = None) -> ZarrSpectra:
     """Open the Zarr copy of a spectra cache (a store folder, or a cache folder holding one).
 
-    Book: {ref}`sec-survey-files`
+    Book: {ref}`sec-scaling-zarr`
 
     The store must be on the APOGEE grid; when it sits inside a memory-mapped cache, its
     recorded source key must be that cache's key (a stale copy of an older cache raises).

@@ -1,6 +1,6 @@
 """PPCA on a dask.array: the engine's stages, each chunk's work on a Dask cluster's workers.
 
-Book: {ref}`sec-rsca-ppca`
+Book: {ref}`sec-scaling-ppca`
 
 :func:`fit_em_dask` is a second driver of the same fit as :func:`helpers.ppca.engine.fit_em`:
 the same scan, start, EM iterations and canonical form, and the same chunk functions for
@@ -50,7 +50,7 @@ __all__ = ["is_dask_array", "fit_em_dask", "DaskData", "DaskSubsample", "DaskExa
 def is_dask_array(x) -> bool:
     """Whether ``x`` is a ``dask.array.Array`` (without importing dask).
 
-    Book: {ref}`sec-rsca-ppca`
+    Book: {ref}`sec-scaling-ppca`
     """
     return type(x).__module__.split(".")[0] == "dask" and hasattr(x, "__dask_graph__")
 
@@ -59,7 +59,7 @@ def is_dask_array(x) -> bool:
 class DaskData:
     """The data of one fit on a cluster: the blocks, each chunk's home worker and state.
 
-    Book: {ref}`sec-rsca-ppca`
+    Book: {ref}`sec-scaling-ppca`
 
     Parameters
     ----------
@@ -153,7 +153,7 @@ class DaskSubsample:
     """The start's subsample held by the workers: what :func:`helpers.ppca.start.start_fit`
     reads through (same interface as :class:`helpers.ppca.start.SubsampleChunks`).
 
-    Book: {ref}`sec-rsca-ppca`
+    Book: {ref}`sec-scaling-ppca`
     """
 
     def __init__(self, data: DaskData, subs, k_list, sizes, xx_sum, col_sum, n_obs):
@@ -199,7 +199,7 @@ class DaskSubsample:
 class DaskExactEStep:
     """The exact E-step (:class:`helpers.ppca.exact.ExactEStep`) with chunks on the workers.
 
-    Book: {ref}`sec-rsca-ppca`
+    Book: {ref}`sec-scaling-ppca`
     """
 
     def __init__(self, data: DaskData, K: int, n_obs: float):
@@ -225,7 +225,7 @@ class DaskExactEStep:
 class DaskFastEStep:
     """The fast E-step (:class:`helpers.ppca.fast.FastEStep`) with chunks on the workers.
 
-    Book: {ref}`sec-rsca-ppca`
+    Book: {ref}`sec-scaling-ppca`
     """
 
     def __init__(self, data: DaskData, K: int, c):
@@ -254,7 +254,7 @@ class DaskFastEStep:
 class DaskWeightedEStep:
     """The weighted E-step (:class:`helpers.ppca.exact.WeightedEStep`) on the workers.
 
-    Book: {ref}`sec-rsca-ppca`
+    Book: {ref}`sec-scaling-ppca`
     """
 
     def __init__(self, data: DaskData, K: int, n_obs: float):
@@ -371,7 +371,7 @@ def fit_em_dask(X, mask, weights, *, n_components, tol, max_iter, random_state, 
                 n_init_rows, verbose, method, client=None, check=True) -> dict:
     """Fit PPCA by EM on dask arrays, chunks on a Dask cluster's workers.
 
-    Book: {ref}`sec-rsca-ppca`
+    Book: {ref}`sec-scaling-ppca`
 
     Parameters are those of :func:`helpers.ppca.engine.fit_em` (``chunk_size`` excepted:
     the chunks are the row blocks of ``X``), with

@@ -1,6 +1,6 @@
 """The chunk tasks of PPCA on a Dask cluster: what each worker runs on its chunks.
 
-Book: {ref}`sec-rsca-ppca`
+Book: {ref}`sec-scaling-ppca`
 
 Each task is a pure function of its inputs (a chunk's state, its row blocks read from the
 array's source, and the small shared parameters) and calls the engine's own chunk functions
@@ -33,7 +33,7 @@ __all__ = ["ChunkState", "SubChunk", "as_block", "centred_chunk", "scan_task", "
 class ChunkState:
     """What one chunk keeps on its worker between passes.
 
-    Book: {ref}`sec-rsca-ppca`
+    Book: {ref}`sec-scaling-ppca`
 
     Attributes
     ----------
@@ -64,7 +64,7 @@ class ChunkState:
 class SubChunk:
     """A chunk of the start's subsample on a worker: rows centred, missing entries 0.
 
-    Book: {ref}`sec-rsca-ppca`
+    Book: {ref}`sec-scaling-ppca`
     """
 
     xs: np.ndarray
@@ -75,7 +75,7 @@ class SubChunk:
 def as_block(x):
     """A block as a NumPy array (None stays None).
 
-    Book: {ref}`sec-rsca-ppca`
+    Book: {ref}`sec-scaling-ppca`
     """
     return None if x is None else np.asarray(x)
 
@@ -83,7 +83,7 @@ def as_block(x):
 def centred_chunk(st, xb, mu0_dt, dt):
     """The chunk centred on mu0 with missing entries and the padding column 0 (a new array).
 
-    Book: {ref}`sec-rsca-ppca`
+    Book: {ref}`sec-scaling-ppca`
     """
     if st.buf is not None:
         xc = st.buf.copy()
@@ -105,7 +105,7 @@ def scan_task(rows, xb, mb, wb, ref, keep, dt):
     """Pass 0 of one chunk (no weights, rows ``(a, b)``): its state, (column sums, missing
     per column) and the observed pixels per star.
 
-    Book: {ref}`sec-rsca-ppca`
+    Book: {ref}`sec-scaling-ppca`
     """
     a, b = rows
     xb, mb = np.asarray(xb), as_block(mb)
@@ -123,7 +123,7 @@ def scan_task(rows, xb, mb, wb, ref, keep, dt):
 def recentre_task(st, xb, mb, wb, ref):
     """Chunk 0 of a kept fit: centre on its own observed means, as the scan does.
 
-    Book: {ref}`sec-rsca-ppca`
+    Book: {ref}`sec-scaling-ppca`
     """
     D = st.buf.shape[1] - 1
     cnt_c = missing_per_pixel([st.lay], D)
@@ -138,7 +138,7 @@ def recentre_task(st, xb, mb, wb, ref):
 def scan_weighted_task(rows, xb, mb, wb, dt):
     """Pass 0 of one chunk of a weighted fit: its state and (column sums, counts, sum of weights).
 
-    Book: {ref}`sec-rsca-ppca`
+    Book: {ref}`sec-scaling-ppca`
     """
     a, b = rows
     xb, mb, wb = np.asarray(xb), as_block(mb), as_block(wb)
@@ -152,7 +152,7 @@ def scan_weighted_task(rows, xb, mb, wb, dt):
 def subsample_task(st, xb, mb, wb, mu0_dt, dt, rows):
     """The start's subsample rows of one chunk, centred: the SubChunk and (xx, column sums, missing entries, missing per pixel).
 
-    Book: {ref}`sec-rsca-ppca`
+    Book: {ref}`sec-scaling-ppca`
     """
     if st.buf is not None:                 # kept: every star, centred by the scan
         return SubChunk(st.buf, st.lay), (st.xx, None, st.lay.n_miss, None)
@@ -167,7 +167,7 @@ def subsample_task(st, xb, mb, wb, mu0_dt, dt, rows):
 def sketch_task(sub, xb, mb, wb, Vp_dt):
     """The start's product ``xs Vp`` on one subsample chunk.
 
-    Book: {ref}`sec-rsca-ppca`
+    Book: {ref}`sec-scaling-ppca`
     """
     with blas_threads(1):
         return sketch_chunk(sub.xs, Vp_dt)
@@ -176,7 +176,7 @@ def sketch_task(sub, xb, mb, wb, Vp_dt):
 def impute_project_task(sub, xb, mb, wb, Vext, Tc_dt, Text):
     """One round of the start on one subsample chunk: impute (a copy), then ``xs^T Tc``.
 
-    Book: {ref}`sec-rsca-ppca`
+    Book: {ref}`sec-scaling-ppca`
     """
     with blas_threads(1):
         if Vext is None:
@@ -188,7 +188,7 @@ def impute_project_task(sub, xb, mb, wb, Vext, Tc_dt, Text):
 def gather_task(sub, xb, mb, wb, Vext, Text):
     """The residual at one subsample chunk's missing entries under a fit.
 
-    Book: {ref}`sec-rsca-ppca`
+    Book: {ref}`sec-scaling-ppca`
     """
     return impute_chunk(sub.xs, sub.lay, Vext, Text, False)[1]
 
@@ -196,7 +196,7 @@ def gather_task(sub, xb, mb, wb, Vext, Text):
 def exact_pass1_task(st, xb, mb, wb, mu0_dt, par):
     """Pass 1 of the exact E-step on one chunk: (nll, (Z, Minv, xx)).
 
-    Book: {ref}`sec-rsca-ppca`
+    Book: {ref}`sec-scaling-ppca`
     """
     with blas_threads(1):
         xc = centred_chunk(st, xb, mu0_dt, par["dt"])
@@ -211,7 +211,7 @@ def exact_pass1_task(st, xb, mb, wb, mu0_dt, par):
 def exact_pass2_task(st, xb, mb, wb, mu0_dt, par, post):
     """Pass 2 of the exact E-step on one chunk: its M-step sums and Z^T Z, sum of Z.
 
-    Book: {ref}`sec-rsca-ppca`
+    Book: {ref}`sec-scaling-ppca`
     """
     with blas_threads(1):
         Z, Minv, xx = post
@@ -223,7 +223,7 @@ def exact_pass2_task(st, xb, mb, wb, mu0_dt, par, post):
 def fast_pass1_task(st, xb, mb, wb, mu0_dt, par):
     """Pass 1 of the fast E-step on one chunk: ((nll, CG steps), (Z, xx)).
 
-    Book: {ref}`sec-rsca-ppca`
+    Book: {ref}`sec-scaling-ppca`
     """
     with blas_threads(1):
         xc = centred_chunk(st, xb, mu0_dt, par["dt"])
@@ -236,7 +236,7 @@ def fast_pass1_task(st, xb, mb, wb, mu0_dt, par):
 def fast_pass2_task(st, xb, mb, wb, mu0_dt, par, post):
     """Pass 2 of the fast E-step on one chunk: its M-step sums and Z^T Z, sum of Z.
 
-    Book: {ref}`sec-rsca-ppca`
+    Book: {ref}`sec-scaling-ppca`
     """
     with blas_threads(1):
         Z, xx = post
@@ -248,7 +248,7 @@ def fast_pass2_task(st, xb, mb, wb, mu0_dt, par, post):
 def weighted_task(st, xb, mb, wb, mu0_dt, wp):
     """The weighted E-step on one chunk: (nll, A, B, wx2).
 
-    Book: {ref}`sec-rsca-ppca`
+    Book: {ref}`sec-scaling-ppca`
     """
     with blas_threads(1):
         xb = np.asarray(xb)
@@ -262,7 +262,7 @@ def weighted_task(st, xb, mb, wb, mu0_dt, wp):
 def sum_parts(*parts):
     """Element-wise sum of equally shaped results (tuples of arrays, numbers or None).
 
-    Book: {ref}`sec-rsca-ppca`
+    Book: {ref}`sec-scaling-ppca`
     """
     first = parts[0]
     if first is None:
