@@ -25,6 +25,8 @@ store where disk allows.  The store is deleted at the end unless ``--keep``.
   the same passes (scan, start, 2 EM iterations, the final objective pass: tol 0,
   max_iter 2) so that only N changes.  A straight line through the times extrapolates to
   DR17's 733,901 stars.
+* ``report``: the figure ``results/dask_scaling.png`` and the results tables of
+  ``README_dask.md`` and the top README, from ``dask.json`` (also done after every run).
 * ``zarr-read``: seconds to read 20,000 stars' flux once: Zarr chunks of 256 and 2048 stars,
   raw and Zstandard-compressed, against the memory map.
 
@@ -177,19 +179,46 @@ def angle_deg(A, B):
     return float(np.degrees(subspace_angles(A.T, B.T)).max())
 
 
+def summarise_overhead(out, comps):
+    """Medians, ratios and the agreement of the last fits (in place)."""
+    med = {}
+    for what in ("single", "dask_zarr", "dask_persisted"):
+        w = [r["wall_s"] for r in out["runs"] if r["engine"] == what]
+        if w:
+            med[what] = float(np.median(w))
+            if what != "single" and "single" in med:
+                out[f"ratio_{what}_over_single"] = med[what] / med["single"]
+    out["median_wall_s"] = med
+    if "dask_zarr" in comps and "single" in comps:
+        out["angle_dask_vs_single_deg"] = angle_deg(comps["dask_zarr"], comps["single"])
+        s_single = [r["sigma2"] for r in out["runs"] if r["engine"] == "single"][-1]
+        s_dask = [r["sigma2"] for r in out["runs"] if r["engine"] == "dask_zarr"][-1]
+        out["sigma2_rel_diff"] = s_dask / s_single - 1
+    out["load_after"] = load()
+    return out
+
+
 def bench_overhead(spectra, store, n, n_store, reps, chunk_rows, persisted, tol=1e-5,
-                   max_iter=500):
+                   max_iter=500, save=None, earlier=None):
+    """``save(out)`` is called after every fit; ``earlier``: a previous run's results at
+    the same N, whose runs are kept (more alternating pairs, added in a later run)."""
+    from helpers.apogee import chip_mask
     base, reps_data = (n, 1) if n <= n_store else (n_store, n // n_store)
     if base * reps_data != n:
         raise ValueError(f"N = {n} must be at most {n_store} or a multiple of it")
-    out = {"N": n, "D": int(spectra.flux.shape[1]), "pixels_used": 7514, "K": K, "tol": tol,
+    out = {"N": n, "D": int(spectra.flux.shape[1]), "pixels_used": int(chip_mask().sum()),
+           "K": K, "tol": tol,
            "data": f"the survey's first {base} stars read {reps_data} time(s)",
            "dask_chunk_rows": chunk_rows, "load_before": load(), "runs": []}
+    if earlier and earlier.get("N") == n and earlier.get("tol") == tol:
+        out["runs"] = list(earlier["runs"])
+        out["load_before"] = earlier["load_before"]
+    first_rep = 1 + max([r["rep"] for r in out["runs"]], default=-1)
     Xd, Md = dask_inputs(store, n, chunk_rows)
     flux_path = spectra.path / "flux.npy"
     with connect(n_workers=2, threads_per_worker=1, dashboard_address=None) as client:
         comps = {}
-        for rep in range(reps):
+        for rep in range(first_rep, first_rep + reps):
             for what in ("single", "dask_zarr"):
                 before = load()
                 if what == "single":
@@ -203,6 +232,8 @@ def bench_overhead(spectra, store, n, n_store, reps, chunk_rows, persisted, tol=
                 print(f"  {what}: {res['wall_s']:.1f} s ({res['n_iter']} iterations, start "
                       f"{res['start_s']:.1f} s, scan {res['scan_s']:.1f} s), load {before}",
                       flush=True)
+                if save is not None:
+                    save(summarise_overhead(out, comps))
         if persisted:
             # the blocks in the workers' memory first (time to load reported apart)
             from distributed import wait
@@ -220,26 +251,28 @@ def bench_overhead(spectra, store, n, n_store, reps, chunk_rows, persisted, tol=
                   flush=True)
             del Xp, Mp
         client.cluster.close()
-    med = {}
-    for what in ("single", "dask_zarr", "dask_persisted"):
-        w = [r["wall_s"] for r in out["runs"] if r["engine"] == what]
-        if w:
-            med[what] = float(np.median(w))
-            if what != "single":
-                out[f"ratio_{what}_over_single"] = med[what] / med["single"]
-    out["median_wall_s"] = med
-    out["angle_dask_vs_single_deg"] = angle_deg(comps["dask_zarr"], comps["single"])
-    s_single = [r["sigma2"] for r in out["runs"] if r["engine"] == "single"][-1]
-    s_dask = [r["sigma2"] for r in out["runs"] if r["engine"] == "dask_zarr"][-1]
-    out["sigma2_rel_diff"] = s_dask / s_single - 1
+    return summarise_overhead(out, comps)
+
+
+def fit_line(out):
+    """The straight line through the scaling rows, extrapolated to DR17 (in place)."""
+    N = np.array([r["N"] for r in out["rows"]], float)
+    T = np.array([r["wall_s"] for r in out["rows"]])
+    if len(N) < 2:
+        return out
+    slope, icept = np.polyfit(N, T, 1)
+    pred = slope * N + icept
+    out["linear_fit"] = {"seconds_per_star": float(slope), "intercept_s": float(icept),
+                         "max_rel_residual": float(np.max(np.abs(T - pred) / T)),
+                         "dr17_N": DR17_N, "dr17_predicted_s": float(slope * DR17_N + icept)}
     out["load_after"] = load()
     return out
 
 
-def bench_scaling(store, n_store, Ns, chunk_rows):
+def bench_scaling(store, n_store, Ns, chunk_rows, save=None):
     n_init = min(20000, min(Ns) // 2)       # every fit streams, with the same start subsample
     out = {"N_store": n_store, "N": list(Ns), "K": K, "tol": 0.0, "max_iter": 2,
-           "n_init_rows": n_init, "pixels_used": 7514,
+           "n_init_rows": n_init, "pixels_used": None,
            "how": "N stars = the Zarr store of n_store stars read whole and in part until N "
                   "rows (a concatenated dask array; no copy written)", "load_before": load(),
            "rows": []}
@@ -253,16 +286,11 @@ def bench_scaling(store, n_store, Ns, chunk_rows):
             print(f"  N = {n}: {res['wall_s']:.1f} s (scan {res['scan_s']:.1f}, "
                   f"start {res['start_s']:.1f}, iterations "
                   f"{np.round(res['iter_s'], 1).tolist()})", flush=True)
+            out["pixels_used"] = int(X.shape[1])
+            if save is not None:
+                save(fit_line(out))
         client.cluster.close()
-    N = np.array([r["N"] for r in out["rows"]], float)
-    T = np.array([r["wall_s"] for r in out["rows"]])
-    slope, icept = np.polyfit(N, T, 1)
-    pred = slope * N + icept
-    out["linear_fit"] = {"seconds_per_star": float(slope), "intercept_s": float(icept),
-                         "max_rel_residual": float(np.max(np.abs(T - pred) / T)),
-                         "dr17_N": DR17_N, "dr17_predicted_s": float(slope * DR17_N + icept)}
-    out["load_after"] = load()
-    return out
+    return fit_line(out)
 
 
 def bench_zarr_read(X, n, tmp):
@@ -292,9 +320,115 @@ def bench_zarr_read(X, n, tmp):
     return out
 
 
+def summary_rows(res):
+    """Markdown table rows (what, result, goal) computed from the results."""
+    rows = []
+    ov, sc = res.get("overhead"), res.get("scaling")
+    if ov:
+        med, loads = ov["median_wall_s"], [r["load_before"][0] for r in ov["runs"]]
+        n_alt = sum(r["engine"] == "single" for r in ov["runs"])
+        ratio = ov["ratio_dask_zarr_over_single"]
+        rows.append((
+            f"PPCA at paper scale on a LocalCluster of 2 workers vs the single-process engine, "
+            f"{ov['N']:,} x {ov['pixels_used']:,} chip pixels float32, K = {ov['K']}, "
+            f"tol {ov['tol']:g} ({ov['data']})",
+            f"{ratio:.2f}x (medians of {n_alt} alternating runs: cluster "
+            f"{med['dask_zarr']:.0f} s from Zarr, single {med['single']:.0f} s from the "
+            f"memory map; load average {min(loads):.0f}-{max(loads):.0f} on 2 cores); "
+            f"subspaces {ov['angle_dask_vs_single_deg']:.0e} deg apart, sigma^2 "
+            f"{abs(ov['sigma2_rel_diff']):.0e} relative",
+            "<= 1.5x at the paper's N (" + (("met" if ratio <= 1.5 else "not met")
+                                             if ov["N"] >= 151_145 else
+                                             f"not tested: this run is at N = {ov['N']:,}")
+            + ")"))
+    if sc and "linear_fit" in sc:
+        line, loads = sc["linear_fit"], [r["load_before"][0] for r in sc["rows"]]
+        pts = ", ".join(f"{r['N']:,}: {r['wall_s']:.0f} s" for r in sc["rows"])
+        ok = line["max_rel_residual"] <= 0.15
+        rows.append((
+            "PPCA time against N on the 2-worker cluster, streamed from Zarr (start + "
+            f"{sc['max_iter']} EM iterations)" + ("" if sc["rows"][0]["N"] >= 151_145 else
+                                                  "; not at the paper's N, 2N, 3N (this run)"),
+            f"{pts}; straight line within {100 * line['max_rel_residual']:.0f} % of every "
+            f"point, {1e6 * line['seconds_per_star']:.0f} s per million stars; DR17 "
+            f"({line['dr17_N']:,} stars) extrapolated to {line['dr17_predicted_s'] / 60:.0f} min "
+            f"(load average {min(loads):.0f}-{max(loads):.0f})",
+            "linear (" + ("met: every point within 15 %" if ok else
+                          "not clearly: a point is more than 15 % off the line") + ")"))
+    zr = res.get("zarr_read")
+    if zr:
+        per_star = {k: zr[f"zarr_{k}_gb"] / zr["N"] for k in ("256_raw", "256_zstd")}
+        rows.append((
+            f"reading {zr['N']:,} stars' flux (8,575 pixels float32, {zr['flux_gb']:.2f} GB) "
+            "once, and the size of a paper-scale Zarr copy",
+            f"memory map {zr['memmap_s']:.1f} s; Zarr chunks of 256 stars raw "
+            f"{zr['zarr_256_raw_s']:.1f} s, Zstandard {zr['zarr_256_zstd_s']:.1f} s "
+            f"(2048 stars: {zr['zarr_2048_raw_s']:.1f} s, {zr['zarr_2048_zstd_s']:.1f} s); "
+            f"151,145 stars take {151_145 * per_star['256_raw']:.1f} GB raw, "
+            f"{151_145 * per_star['256_zstd']:.1f} GB compressed "
+            f"(load average {zr['load_before'][0]:.0f})",
+            "figure"))
+    return rows
+
+
+def figure(res, out):
+    """The scaling figure (time against N with the line to DR17; the overhead bars)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    ov, sc = res.get("overhead"), res.get("scaling")
+    fig, (a0, a1) = plt.subplots(1, 2, figsize=(9.5, 3.4),
+                                 gridspec_kw={"width_ratios": [1.4, 1]})
+    colours = ["#E69F00", "#56B4E9", "#009E73"]
+    if sc and "linear_fit" in sc:
+        N = np.array([r["N"] for r in sc["rows"]], float)
+        T = np.array([r["wall_s"] for r in sc["rows"]])
+        line = sc["linear_fit"]
+        grid = np.linspace(0, line["dr17_N"] * 1.05, 50)
+        a0.plot(N / 1e3, T, "o", color=colours[0], label="measured (2 workers)")
+        a0.plot(grid / 1e3, line["seconds_per_star"] * grid + line["intercept_s"], "--",
+                color=colours[1], label="straight line through them")
+        a0.plot(line["dr17_N"] / 1e3, line["dr17_predicted_s"], "*", ms=12,
+                color=colours[2], label="DR17, extrapolated")
+        a0.legend(frameon=False, fontsize=8)
+    a0.set_xlabel("stars N (thousands)")
+    a0.set_ylabel("PPCA fit, wall time (s)")
+    a0.set_title("Time against N (start + 2 EM iterations)", fontsize=10)
+    if ov:
+        med = ov["median_wall_s"]
+        names = [(k, n) for k, n in (("single", "one process\n(memory map)"),
+                                     ("dask_zarr", "cluster\n(Zarr, streamed)"),
+                                     ("dask_persisted", "cluster\n(worker memory)"))
+                 if k in med]
+        a1.bar(range(len(names)), [med[k] for k, _ in names], color=colours[:len(names)])
+        a1.set_xticks(range(len(names)), [n for _, n in names], fontsize=8)
+        a1.set_title(f"PPCA to convergence, N = {ov['N']:,}", fontsize=10)
+    a1.set_ylabel("wall time (s)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def report(res, out_png, readmes):
+    """The figure and the results tables between ``<!-- dask:start -->`` and
+    ``<!-- dask:end -->`` of each README, written from the results (never typed)."""
+    figure(res, out_png)
+    rows = summary_rows(res)
+    for readme, prefix in readmes:
+        text = readme.read_text()
+        a, b = "<!-- dask:start -->", "<!-- dask:end -->"
+        if a not in text or b not in text:
+            continue
+        table = ["| what | result | goal |", "|---|---|---|"]
+        table += [f"| {w} | {r} | {g} |" for w, r, g in rows]
+        body = "\n".join(table) + f"\n\n![PPCA on Dask: time against N and the overhead]({prefix}{out_png.name})\n"
+        text = text[:text.index(a) + len(a)] + "\n" + body + text[text.index(b):]
+        readme.write_text(text)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["all", "overhead", "scaling", "zarr-read"])
+    ap.add_argument("what", choices=["all", "overhead", "scaling", "zarr-read", "report"])
     ap.add_argument("--n", type=int, default=PAPER_N,
                     help=f"stars N of the overhead fit and the scaling's base (default {PAPER_N})")
     ap.add_argument("--store-rows", type=int, default=None,
@@ -303,12 +437,22 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="results to dask_quick.json")
     ap.add_argument("--reps", type=int, default=2, help="alternating repeats (overhead)")
     ap.add_argument("--chunk-rows", type=int, default=2048, help="stars per dask chunk")
+    ap.add_argument("--more", action="store_true",
+                    help="overhead: add alternating pairs to those already in the results")
+    ap.add_argument("--skip-done", action="store_true",
+                    help="all: do not rerun zarr-read when its results exist")
     ap.add_argument("--keep", action="store_true", help="keep the Zarr store in _work/")
     ap.add_argument("--persisted", action="store_true",
                     help="overhead: also fit from worker memory (needs the cluster to hold N)")
     ap.add_argument("--scaling-base", type=int, default=None,
                     help="scaling: the first N (default the overhead's N); then 2x and 3x")
     args = ap.parse_args(argv)
+    if args.what == "report":        # figure and README tables from the results file
+        res = json.loads((RESULTS / "dask.json").read_text())
+        report(res, RESULTS / "dask_scaling.png",
+               [(ROOT / "benchmarks" / "README_dask.md", "results/"),
+                (ROOT / "README.md", "benchmarks/results/")])
+        return
     n_store = args.store_rows or -(-PAPER_N // 3)
     reps_data = max(1, round(args.n / n_store))
     WORK.mkdir(parents=True, exist_ok=True)
@@ -327,9 +471,10 @@ def main(argv=None):
     spectra = survey_spectra()
     print(f"survey spectra: {spectra.flux.shape} ({spectra.path}); N = {n_store} x {reps_data}",
           flush=True)
-    store = WORK / "survey_first_stars.zarr"
+    store = WORK / f"survey_first_{n_store}.zarr"
     try:
-        if args.what in ("all", "zarr-read"):
+        if args.what in ("all", "zarr-read") and not (args.what == "all" and "zarr_read" in res
+                                                      and args.skip_done):
             res["zarr_read"] = bench_zarr_read(spectra.flux, 20000 if not args.quick else 4000,
                                                WORK)
             print(json.dumps(res["zarr_read"], indent=1), flush=True)
@@ -341,16 +486,24 @@ def main(argv=None):
                                      "gb": sum(f.stat().st_size for f in store.rglob("*")
                                                if f.is_file()) / 1e9}
                 print(f"Zarr store of {n_store} stars written in {t_write:.0f} s", flush=True)
+        def saver(key):
+            def save(part):
+                res[key] = part
+                out_path.write_text(json.dumps(res, indent=1))
+            return save
+
         if args.what in ("all", "overhead"):
             res["overhead"] = bench_overhead(spectra, store, args.n, n_store, args.reps,
-                                             args.chunk_rows, args.persisted)
+                                             args.chunk_rows, args.persisted,
+                                             save=saver("overhead"),
+                                             earlier=res.get("overhead") if args.more else None)
             out_path.write_text(json.dumps(res, indent=1))
             print(json.dumps({k: v for k, v in res["overhead"].items() if k != "runs"},
                              indent=1), flush=True)
         if args.what in ("all", "scaling"):
             base = args.n if args.scaling_base is None else args.scaling_base
             res["scaling"] = bench_scaling(store, n_store, (base, 2 * base, 3 * base),
-                                           args.chunk_rows)
+                                           args.chunk_rows, save=saver("scaling"))
             print(json.dumps(res["scaling"]["linear_fit"], indent=1), flush=True)
     finally:
         res["load_at_end"] = load()
@@ -359,6 +512,10 @@ def main(argv=None):
             shutil.rmtree(store, ignore_errors=True)
             (WORK / "single_C.npy").unlink(missing_ok=True)
     print("wrote", out_path)
+    if not args.quick:
+        report(res, RESULTS / "dask_scaling.png",
+               [(ROOT / "benchmarks" / "README_dask.md", "results/"),
+                (ROOT / "README.md", "benchmarks/results/")])
 
 
 if __name__ == "__main__":
