@@ -333,7 +333,7 @@ def summary_rows(res):
     """Markdown table rows (what, result, goal) computed from the results."""
     rows = []
     ov, sc = res.get("overhead"), res.get("scaling")
-    if ov:
+    if ov and "ratio_dask_zarr_over_single" in ov:
         med, loads = ov["median_wall_s"], [r["load_before"][0] for r in ov["runs"]]
         n_alt = sum(r["engine"] == "single" for r in ov["runs"])
         ratio = ov["ratio_dask_zarr_over_single"]
@@ -406,7 +406,7 @@ def figure(res, out):
     a0.set_xlabel("stars N (thousands)")
     a0.set_ylabel("PPCA fit, wall time (s)")
     a0.set_title("Time against N (start + 2 EM iterations)", fontsize=10)
-    if ov:
+    if ov and "ratio_dask_zarr_over_single" in ov:
         med = ov["median_wall_s"]
         names = [(k, n) for k, n in (("single", "one process\n(memory map)"),
                                      ("dask_zarr", "cluster\n(Zarr, streamed)"),
