@@ -338,7 +338,7 @@ def summary_rows(res):
         n_alt = sum(r["engine"] == "single" for r in ov["runs"])
         ratio = ov["ratio_dask_zarr_over_single"]
         rows.append((
-            f"PPCA at paper scale on a LocalCluster of 2 workers vs the single-process engine, "
+            f"PPCA on a LocalCluster of 2 workers vs the single-process engine, "
             f"{ov['N']:,} x {ov['pixels_used']:,} chip pixels float32, K = {ov['K']}, "
             f"tol {ov['tol']:g} ({ov['data']})",
             f"{ratio:.2f}x (medians of {n_alt} alternating runs: cluster "
