@@ -10,6 +10,8 @@ default; set the environment variable ``STARS_BOOK_CACHE`` to put them elsewhere
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
 from pathlib import Path
 
 __all__ = ["repo_root", "data_dir", "cache_dir"]
@@ -48,3 +50,20 @@ def cache_dir(*parts: str, create: bool = True) -> Path:
     if create:
         path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def replace_atomically(tmp: Path, out: Path) -> None:
+    """Rename the finished folder ``tmp`` to ``out``, replacing an older one there.
+
+    Book: {ref}`sec-survey-files`
+
+    The older folder is first renamed aside and removed only after ``tmp`` took its place,
+    so a reader never sees a half-written folder under ``out``.
+    """
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -42,6 +42,7 @@ from helpers.apogee.cache_format import (SpectraCacheError, catalogue_to_arrays,
                                          progress_bar, progress_enabled, read_manifest)
 from helpers.apogee.cache_loader import SpectraCache, load_spectra_cache
 from helpers.apogee.grid import CDELT1, CRVAL1, N_PIXELS
+from helpers.paths import replace_atomically
 
 __all__ = ["ZARR_FORMAT", "ZARR_NAME", "ZARR_CHUNK_ROWS", "APOGEE_GRID", "ZarrSpectra",
            "write_zarr_store", "open_zarr_store", "write_zarr_cache", "load_zarr_cache",
@@ -216,13 +217,7 @@ def write_zarr_store(out, arrays: Mapping[str, object], apogee_ids: Sequence[str
         with _quiet_zarr():
             _write_group(zarr, tmp, arrays, ids, grid, catalogue, attrs, chunk_rows, compress,
                          bar)
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_atomically(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -42,6 +42,7 @@ from helpers.ppca.engine import canonical_form, em_iterations
 from helpers.ppca.exact import exact_m_step, exact_params, weighted_m_step, weighted_params
 from helpers.ppca.fast import SERIES_ORDER, fast_m_step, fast_params, series_terms
 from helpers.ppca.start import finish_start, start_fit
+from helpers.ppca.state import check_observed
 
 __all__ = ["is_dask_array", "fit_em_dask", "DaskData", "DaskSubsample", "DaskExactEStep",
            "DaskFastEStep", "DaskWeightedEStep"]
@@ -308,14 +309,7 @@ def _scan(d: DaskData, weighted: bool, keep: bool):
                "gather": [nobs[k] for k in range(len(d.chunks))]}
     d.states = out["keep"]
     star_cnt = np.concatenate(out["gather"])
-    empty_cols = np.flatnonzero(col_cnt == 0)
-    if empty_cols.size:
-        raise ValueError(f"X: {empty_cols.size} pixel column(s) are missing for every star "
-                         f"(first: {empty_cols[:5].tolist()}); drop them before fitting")
-    empty_rows = np.flatnonzero(star_cnt == 0)
-    if empty_rows.size:
-        raise ValueError(f"X: {empty_rows.size} star(s) have no observed pixel "
-                         f"(first rows: {empty_rows[:5].tolist()}); drop them before fitting")
+    check_observed(col_cnt, star_cnt)
     mu0 = ref.astype(np.float64) if keep else col_sum / col_cnt
     d.keep = keep
     return mu0, star_cnt, col_sum, col_cnt, np.asarray(miss_c, dtype=np.float64), float(w_sum)

@@ -168,6 +168,28 @@ class FitState:
         return xc, obs, om
 
 
+def check_observed(col_cnt, star_cnt) -> None:
+    """Refuse data with a pixel column or a star that has no observed value.
+
+    Book: {ref}`sec-rsca-ppca`
+
+    Parameters
+    ----------
+    col_cnt : ndarray, shape (D,)
+        Observed stars per pixel.
+    star_cnt : ndarray, shape (N,)
+        Observed pixels per star.
+    """
+    empty_cols = np.flatnonzero(col_cnt == 0)
+    if empty_cols.size:
+        raise ValueError(f"X: {empty_cols.size} pixel column(s) are missing for every star "
+                         f"(first: {empty_cols[:5].tolist()}); drop them before fitting")
+    empty_rows = np.flatnonzero(star_cnt == 0)
+    if empty_rows.size:
+        raise ValueError(f"X: {empty_rows.size} star(s) have no observed pixel "
+                         f"(first rows: {empty_rows[:5].tolist()}); drop them before fitting")
+
+
 def scan_weighted_chunk(X, mask, weights, a, b, dt):
     """Pass 0 of a weighted fit on rows ``a:b`` (checked by :func:`read_chunk`).
 
@@ -261,14 +283,7 @@ def scan(X, mask, weights, dt, chunk_size, keep) -> FitState:
             col_sum += cs_k
             col_cnt += cc_k
             w_sum += ws_k
-    empty_cols = np.flatnonzero(col_cnt == 0)
-    if empty_cols.size:
-        raise ValueError(f"X: {empty_cols.size} pixel column(s) are missing for every star "
-                         f"(first: {empty_cols[:5].tolist()}); drop them before fitting")
-    empty_rows = np.flatnonzero(star_cnt == 0)
-    if empty_rows.size:
-        raise ValueError(f"X: {empty_rows.size} star(s) have no observed pixel "
-                         f"(first rows: {empty_rows[:5].tolist()}); drop them before fitting")
+    check_observed(col_cnt, star_cnt)
     # reference spectrum the data are centred on (EM fits the mean relative to it)
     mu0 = ref.astype(np.float64) if keep else col_sum / col_cnt
     return FitState(X=X, mask=mask, weights=weights, dt=dt, chunks=chunks, layouts=layouts,

@@ -33,7 +33,7 @@ from helpers import apogee
 from helpers.apogee.cache_format import progress_enabled
 from helpers.apogee.cache_writer import SpectraCacheWriter
 from helpers.apogee.cache_zarr import write_zarr_cache
-from helpers.paths import cache_dir
+from helpers.paths import cache_dir, replace_atomically
 from helpers.spectra.cannon import apogee_model, nirspec_grid, nirspec_model
 from helpers.survey import chemistry as chem
 from helpers.survey.catalogue import build_catalogue, occam_cluster_table
@@ -156,7 +156,7 @@ def generate_survey(params: SurveyParams | None = None, out_dir=None, progress: 
         timings["total_s"] = time.perf_counter() - t0
         _write_manifest(p, tmp, len(allstar), len(occ), int(has_file.sum()), twins.rows.size,
                         star_path, timings)
-        _replace_atomically(tmp, out)
+        replace_atomically(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -211,20 +211,6 @@ def _write_manifest(p: SurveyParams, tmp: Path, n_stars: int, n_occam_rows: int,
                 "n_jwst": int(n_jwst), "release": p.release,
                 "allstar": str(star_path.relative_to(tmp)), "timings": timings}
     (tmp / SURVEY_MANIFEST).write_text(json.dumps(manifest, indent=1))
-
-
-def _replace_atomically(tmp: Path, out: Path) -> None:
-    """Rename the finished build folder ``tmp`` to ``out``, replacing an older survey there.
-
-    Book: {ref}`sec-survey-files`
-    """
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_catalogue_files(p: SurveyParams, tmp: Path):
