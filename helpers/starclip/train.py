@@ -33,6 +33,7 @@ import torch
 from tqdm import tqdm   # not tqdm.auto: its import warns on stderr in a kernel without ipywidgets
 
 from helpers.paths import cache_dir
+from helpers.starnet.train import progress_enabled   # one rule for both networks' bars
 
 from .model import EMBEDDINGS, ESSAY_LOGIT_SCALE, STAGES, ClipTower, LogitScale, clip_loss
 from .retrieval import retrieval
@@ -44,15 +45,6 @@ __all__ = ["CLIP_VERSION", "ClipConfig", "ModalityBatches", "fit_clip", "retriev
 #: Bump when the training code changes what a run computes (enters every key).
 CLIP_VERSION = "1"
 _FORMAT = "stars-ml-book/starclip-run/1"
-
-
-def progress_enabled(progress: bool) -> bool:
-    """Show a progress bar unless asked not to or running under CI / ``TQDM_DISABLE=1``.
-
-    Book: {ref}`sec-starclip-training`
-    """
-    return bool(progress) and not os.environ.get("CI") and \
-        os.environ.get("TQDM_DISABLE", "0") in ("", "0")
 
 
 @dataclass(frozen=True)
