@@ -273,19 +273,25 @@ def fit_line(out):
     return out
 
 
-def bench_scaling(store, n_store, Ns, chunk_rows, save=None, reps=1):
+def bench_scaling(store, n_store, Ns, chunk_rows, save=None, reps=1, earlier=None):
     """The cluster fit at each N of ``Ns``, ``reps`` times, in an interleaved order (so that
     a change in the machine's load falls on every N alike); the line goes through the
-    medians."""
+    medians.  ``earlier``: a previous run's results at the same Ns, whose fits are kept
+    (``--more``: more repeats added in a later run, in the reverse order of the last)."""
     n_init = min(20000, min(Ns) // 2)       # every fit streams, with the same start subsample
     out = {"N_store": n_store, "N": list(Ns), "K": K, "tol": 0.0, "max_iter": 2,
            "n_init_rows": n_init, "pixels_used": None,
            "how": "N stars = the Zarr store of n_store stars read whole and in part until N "
                   "rows (a concatenated dask array; no copy written)", "load_before": load(),
-           "rows": []}
+           "rows": [], "order": []}
+    if earlier and earlier.get("N") == list(Ns) and earlier.get("n_init_rows") == n_init:
+        out["rows"], out["order"] = list(earlier["rows"]), list(earlier.get("order", []))
+        out["load_before"] = earlier["load_before"]
+    done_reps = len(out["rows"]) // len(Ns)
     with connect(n_workers=2, threads_per_worker=1, dashboard_address=None) as client:
-        order = [n for rep in range(reps) for n in (Ns if rep % 2 == 0 else Ns[::-1])]
-        out["order"] = order
+        order = [n for rep in range(done_reps, done_reps + reps)
+                 for n in (Ns if rep % 2 == 0 else Ns[::-1])]
+        out["order"] += order
         for n in order:
             X, M = dask_inputs(store, n, chunk_rows)
             before = load()
@@ -362,7 +368,8 @@ def summary_rows(res):
             f"{pts}; straight line within {100 * line['max_rel_residual']:.0f} % of every "
             f"point, {1e6 * line['seconds_per_star']:.0f} s per million stars; DR17 "
             f"({line['dr17_N']:,} stars) extrapolated to {line['dr17_predicted_s'] / 60:.0f} min "
-            f"(load average {min(loads):.0f}-{max(loads):.0f})",
+            f"for the same passes (load average {min(loads):.0f}-{max(loads):.0f}; the store "
+            "re-read from the file cache, so computation only: DR17 would also read its disk)",
             "linear (" + ("met: every point within 15 %" if ok else
                           "not clearly: a point is more than 15 % off the line") + ")"))
     zr = res.get("zarr_read")
@@ -452,7 +459,7 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=2, help="alternating repeats (overhead)")
     ap.add_argument("--chunk-rows", type=int, default=2048, help="stars per dask chunk")
     ap.add_argument("--more", action="store_true",
-                    help="overhead: add alternating pairs to those already in the results")
+                    help="overhead and scaling: add repeats to those already in the results")
     ap.add_argument("--skip-done", action="store_true",
                     help="all: do not rerun zarr-read when its results exist")
     ap.add_argument("--keep", action="store_true", help="keep the Zarr store in _work/")
@@ -520,7 +527,8 @@ def main(argv=None):
             base = args.n if args.scaling_base is None else args.scaling_base
             res["scaling"] = bench_scaling(store, n_store, (base, 2 * base, 3 * base),
                                            args.chunk_rows, save=saver("scaling"),
-                                           reps=args.scaling_reps)
+                                           reps=args.scaling_reps,
+                                           earlier=res.get("scaling") if args.more else None)
             print(json.dumps(res["scaling"]["linear_fit"], indent=1), flush=True)
     finally:
         res["load_at_end"] = load()
