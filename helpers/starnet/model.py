@@ -14,13 +14,13 @@ variance of each label (:class:`StarNet`; see the section on uncertainties).
 Two implementations of the convolutional block compute the same function:
 
 * ``impl='reference'``: ``torch.nn.functional.conv1d``, ELU, ``max_pool1d``;
-* ``impl='fast'`` (default): each convolution as one matrix product on an unfolded copy of
-  its input in (position, channel) order, ELU applied after the max-pool (ELU is
-  increasing, so ``pool(elu(z)) == elu(pool(z))`` and four times fewer values pass through
-  it), and a hand-written backward pass whose input gradient of the second convolution is
-  two products with block-Toeplitz matrices instead of a scatter of 8 shifted copies.
-  oneDNN's convolutions are slow for 1 and 4 channels on this CPU; this block is several
-  times faster (``benchmarks/README_starnet.md``).
+* ``impl='fast'`` (default): the same PyTorch (oneDNN) operators, called on a
+  (batch, position, channel) array seen as a channels-last (N, C, 1, L) image: in that
+  layout oneDNN's kernels for 1, 4 and 16 channels are several times faster than on the
+  (N, C, L) tensors of ``conv1d`` (``benchmarks/README_starnet.md``); the ELU is applied
+  after the max-pool (ELU is increasing, so ``pool(elu(z)) == elu(pool(z))`` and four times
+  fewer values pass through it); the backward pass calls the operators' own backward
+  kernels chunk by chunk, so the block's large arrays stay in cache.
 
 The pooled features are flattened position-major (pixel, then channel); PyTorch's
 ``nn.Flatten`` on an (N, C, L) tensor is channel-major. That is a fixed permutation of the
@@ -30,8 +30,6 @@ gradients against a plain ``torch.nn.Sequential``.
 """
 
 from __future__ import annotations
-
-import functools
 
 import numpy as np
 import torch
@@ -56,130 +54,88 @@ def pooled_length(n_pixels: int) -> int:
     return (int(n_pixels) - 2 * (KERNEL - 1)) // POOL
 
 
-@functools.lru_cache(maxsize=None)
-def _toeplitz_index() -> tuple:
-    """Index maps of the block-Toeplitz matrices of the second convolution's input gradient.
-
-    For blocks of 8 positions, ``gh1[block s] = G[s] @ A + G[s - 1] @ B`` with ``G`` the
-    output gradient in (position, channel) order; ``A`` and ``B`` (128 x 32) hold entries
-    of the weight ``W[co, c, k]`` at the returned flat indices (-1: zero).
-    """
-    ia = -np.ones((8 * _C2, 8 * _C1), np.int64)
-    ib = -np.ones((8 * _C2, 8 * _C1), np.int64)
-    for r in range(8):
-        for k in range(KERNEL):
-            for co in range(_C2):
-                for c in range(_C1):
-                    w = (co * _C1 + c) * KERNEL + k
-                    if k <= r:
-                        ia[(r - k) * _C2 + co, r * _C1 + c] = w
-                    else:
-                        ib[(8 + r - k) * _C2 + co, r * _C1 + c] = w
-    return torch.from_numpy(ia), torch.from_numpy(ib)
+def _channels_last(t: torch.Tensor, n: int, length: int, channels: int) -> torch.Tensor:
+    """(n, length, channels) position-major memory as an NCHW channels-last (n, channels, 1, length) view."""
+    return t.view(n, 1, length, channels).permute(0, 3, 1, 2)
 
 
-def _toeplitz(w2: torch.Tensor) -> tuple:
-    flat = torch.cat([w2.reshape(-1), w2.new_zeros(1)])
-    ia, ib = _toeplitz_index()
-    return flat[ia], flat[ib]
+def _elu_grad(grad: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+    """Gradient through an ELU from its output: ``grad * (result + 1)`` where ``result <= 0``."""
+    return torch.ops.aten.elu_backward(grad, 1.0, 1.0, 1.0, True, result)
+
+
+def _conv_grads(grad, inp, weight, channels: int, need_input: bool) -> tuple:
+    """oneDNN's backward of a stride-1, unpadded conv2d: (input grad or None, weight grad, bias grad)."""
+    return torch.ops.aten.convolution_backward(grad, inp, weight, [channels], [1, 1], [0, 0],
+                                               [1, 1], False, [0, 0], 1,
+                                               [need_input, True, True])
 
 
 class _ConvBlock(torch.autograd.Function):
     """conv1 ELU conv2 max-pool ELU, in (batch, position, channel) layout; see module doc.
 
-    The batch is processed ``chunk`` spectra at a time, so that the large intermediate
-    arrays of one chunk (the unfolded windows, conv2's output and its gradient) stay in the
-    processor's cache; the windows are rebuilt in the backward pass instead of kept.
+    Each convolution is PyTorch's (oneDNN's) ``conv2d`` on a channels-last (N, C, 1, L) view
+    of a (batch, position, channel) array: the layout in which oneDNN's kernels for 1, 4
+    and 16 channels are fast, and the order in which the features are flattened. The max-pool
+    is ``max_pool2d`` with indices on the same layout; the ELU is applied after it. The
+    backward pass calls the same operators' backward kernels (``convolution_backward``,
+    ``max_pool2d_with_indices_backward``, ``elu_backward``). The batch is processed
+    ``chunk`` spectra at a time so that the arrays of one chunk stay in the processor's cache.
     """
 
     @staticmethod
     def forward(ctx, x, w1, b1, w2, b2, chunk):
         n, p = x.shape
         l1 = p - (KERNEL - 1)
-        l3 = (l1 - (KERNEL - 1)) // POOL
-        n2 = POOL * l3
-        s_h = -(-l1 // 8)                      # blocks of 8 positions covering conv1's output
-        rows = (s_h + 1) * 8                   # one zero block in front (see backward)
-        w1m = w1.reshape(_C1, KERNEL).t()
-        w2m = w2.permute(2, 1, 0).reshape(KERNEL * _C1, _C2)      # [(k, c), co]
-        train = any(ctx.needs_input_grad[1:5])
-        h1 = x.new_empty((n, l1, _C1))
+        l2 = l1 - (KERNEL - 1)
+        l3 = l2 // POOL
+        w1c, w2c = w1.unsqueeze(2), w2.unsqueeze(2)
+        train = any(ctx.needs_input_grad[:5])
         out = x.new_empty((n, l3, _C2))
-        idx = torch.empty((n, l3, _C2), dtype=torch.uint8) if train else None
-        u2 = x.new_zeros((min(chunk, n), rows, KERNEL * _C1))
+        saved = []
         for a in range(0, n, chunk):
-            b = min(a + chunk, n)
-            m = b - a
-            # conv1 as a product on windows of 8 pixels
-            hc = h1[a:b].view(m * l1, _C1)
-            torch.addmm(b1, x[a:b].unfold(1, KERNEL, 1).reshape(m * l1, KERNEL), w1m, out=hc)
-            F.elu_(hc)
-            # conv2: windows of 8 positions x 4 channels = 32 consecutive floats of h1
-            uc = u2[:m]
-            uc[:, 8:8 + n2].copy_(h1[a:b].view(m, l1 * _C1).unfold(1, KERNEL * _C1, _C1)[:, :n2])
-            z2 = torch.addmm(b2, uc.view(-1, KERNEL * _C1), w2m).view(m, rows, _C2)
-            zz = z2[:, 8:8 + n2].view(m, l3, POOL, _C2)
-            m01 = torch.maximum(zz[:, :, 0], zz[:, :, 1])
-            m23 = torch.maximum(zz[:, :, 2], zz[:, :, 3])
-            F.elu_(torch.maximum(m01, m23, out=out[a:b]))
+            m = min(a + chunk, n) - a
+            xc = x[a:a + m].as_strided((m, 1, 1, p), (p, 1, p, 1))     # channels-last, C = 1
+            h1 = F.elu_(F.conv2d(xc, w1c, b1).contiguous(memory_format=torch.channels_last))
+            z2 = F.conv2d(h1, w2c, b2)
+            pooled, idx = F.max_pool2d(z2, (1, POOL), return_indices=True)
+            _channels_last(out[a:a + m], m, l3, _C2).copy_(pooled)
             if train:
-                # index of the maximum, the first one on ties (as max_pool1d)
-                hi = m23 > m01
-                i = torch.where(hi, zz[:, :, 3] > zz[:, :, 2], zz[:, :, 1] > zz[:, :, 0])
-                torch.add(i.to(torch.uint8), hi.to(torch.uint8), alpha=2, out=idx[a:b])
+                saved += [xc, h1, idx]
+        F.elu_(out)
         if train:
-            ctx.save_for_backward(x, h1, idx, out, w1, w2)
-            ctx.geometry = (n, l1, l3, n2, s_h, rows, chunk)
-        if ctx.needs_input_grad[0]:
-            ctx.input_grad = True
+            ctx.save_for_backward(out, w1c, w2c, *saved)
+            ctx.geometry = (n, l2, l3, chunk)
         return out.view(n, l3 * _C2)
 
     @staticmethod
     def backward(ctx, gout):
-        if getattr(ctx, "input_grad", False):
-            raise NotImplementedError("StarNet's fast convolution block does not compute "
-                                      "gradients with respect to the spectra; use "
-                                      "impl='reference' for that")
-        x, h1, idx, out, w1, w2 = ctx.saved_tensors
-        n, l1, l3, n2, s_h, rows, chunk = ctx.geometry
-        gout = gout.reshape(n, l3, _C2)
-        ta, tb = _toeplitz(w2)
-        gw1 = x.new_zeros((KERNEL, _C1))
-        gw2 = x.new_zeros((KERNEL * _C1, _C2))
-        gb1 = x.new_zeros(_C1)
-        gb2 = x.new_zeros(_C2)
-        m0 = min(chunk, n)
-        u2 = x.new_zeros((m0, rows, KERNEL * _C1))
-        g = x.new_empty((m0, rows, _C2))
-        hfull = x.new_empty((m0 * (s_h + 1), 8 * _C1))
-        for a in range(0, n, chunk):
-            b = min(a + chunk, n)
-            m = b - a
-            o = out[a:b]
-            gm = gout[a:b] * torch.where(o > 0, 1.0, o + 1.0)
-            gb2 += gm.sum(dim=(0, 1))
-            # gradient of conv2's output: gm at the position of each maximum, zero
-            # elsewhere, in blocks of 8 positions after one zero block
-            gc = g[:m]
-            gc.zero_()
-            gc[:, 8:8 + n2].view(m, l3, POOL, _C2).scatter_(
-                2, idx[a:b].unsqueeze(2).to(torch.int64), gm.unsqueeze(2))
-            uc = u2[:m]
-            uc[:, 8:8 + n2].copy_(h1[a:b].view(m, l1 * _C1).unfold(1, KERNEL * _C1, _C1)[:, :n2])
-            gw2.addmm_(uc.view(-1, KERNEL * _C1).t(), gc.view(-1, _C2))
-            # input gradient of conv2: block s of h1 gets G[s] @ A + G[s-1] @ B
-            gblk = gc.view(m * (s_h + 1), 8 * _C2)
-            hc = hfull[:m * (s_h + 1)]
-            torch.mm(gblk[1:], ta, out=hc[:-1])
-            hc[:-1].addmm_(gblk[:-1], tb)
-            gh1 = hc.view(m, s_h + 1, 8 * _C1)[:, :s_h].reshape(m, s_h * 8, _C1)[:, :l1]
-            hb = h1[a:b]
-            gz1 = (gh1 * torch.where(hb > 0, 1.0, hb + 1.0)).reshape(m * l1, _C1)
-            gb1 += gz1.sum(dim=0)
-            gw1.addmm_(x[a:b].unfold(1, KERNEL, 1).reshape(m * l1, KERNEL).t(), gz1)
-        gw1 = gw1.t().reshape(_C1, 1, KERNEL)
-        gw2 = gw2.reshape(KERNEL, _C1, _C2).permute(2, 1, 0).contiguous()
-        return None, gw1, gb1, gw2, gb2, None
+        out, w1c, w2c, *saved = ctx.saved_tensors
+        n, l2, l3, chunk = ctx.geometry
+        need_x = ctx.needs_input_grad[0]
+        gm = _elu_grad(gout.reshape(n, l3, _C2), out)
+        gw1, gb1, gw2, gb2 = (torch.zeros_like(t) for t in (w1c, w1c[:, 0, 0, 0], w2c,
+                                                             w2c[:, 0, 0, 0]))
+        gx = out.new_empty((n, saved[0].shape[-1])) if need_x else None
+        z2 = None
+        for c, a in enumerate(range(0, n, chunk)):
+            xc, h1, idx = saved[3 * c:3 * c + 3]
+            m = xc.shape[0]
+            if z2 is None or z2.shape[0] != m:
+                z2 = torch.empty((m, _C2, 1, l2), dtype=out.dtype,
+                                 memory_format=torch.channels_last)   # shape only
+            gz2 = torch.ops.aten.max_pool2d_with_indices_backward(
+                _channels_last(gm[a:a + m], m, l3, _C2), z2, [1, POOL], [1, POOL], [0, 0],
+                [1, 1], False, idx)
+            gh1, gw, gb = _conv_grads(gz2, h1, w2c, _C2, True)
+            gw2 += gw
+            gb2 += gb
+            gx1, gw, gb = _conv_grads(_elu_grad(gh1, h1), xc, w1c, _C1, need_x)
+            gw1 += gw
+            gb1 += gb
+            if need_x:
+                gx[a:a + m] = gx1.reshape(m, -1)
+        return gx, gw1.squeeze(2), gb1, gw2.squeeze(2), gb2, None
 
 
 def _reference_block(x, w1, b1, w2, b2):
