@@ -3,15 +3,20 @@
 Writes ``benchmarks/results/starnet.json``. Usage::
 
     .venv/bin/python benchmarks/bench_starnet.py              # paper scale (238,400 stars)
+    STARS_BOOK_CACHE=/work/cache_v5 .venv/bin/python benchmarks/bench_starnet.py \
+        --threads 2 --epoch-modalities apogee   # the headline run (paper-scale survey present)
     .venv/bin/python benchmarks/bench_starnet.py --n-field 20000 --batches 10
 
 What it measures, all in one process so that ratios are fair:
 
 1. the machine's float32 matrix-product throughput (a 4096 x 4096 GEMM);
-2. per-batch time of three variants, interleaved over rounds: the straightforward loop
-   (``torch.nn`` layers with oneDNN convolutions, ELU before the pool, for-each AdamW, the
-   system allocator), the same with fused AdamW and :func:`helpers.starnet.fast_allocation`,
-   and the book's StarNet (its own convolution block as well);
+2. per-batch time of five variants, interleaved over rounds (median per batch, and per phase:
+   reading the batch, forward, backward, optimiser): the straightforward loop (``torch.nn``
+   layers with oneDNN convolutions on (N, C, L) tensors, ELU before the pool, for-each
+   AdamW, the system allocator); the same with fused AdamW and
+   :func:`helpers.starnet.fast_allocation`; the book's StarNet (its channels-last
+   convolution block as well); the book's with one torch thread; the book's with its
+   fully connected layers under bfloat16 autocast (speed only, not adopted);
 3. one full training epoch of the book's code (:func:`helpers.starnet.train_epoch`) over the
    training part of the StarNet split, APOGEE and NIRSpec: ``epoch_s`` and
    ``spectra_per_s``; the useful floating-point work of a step (dense convolutions, as
@@ -33,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from helpers.starnet import (LabelScaler, StarNet, centred_rms, fast_allocation, pooled_length,
                              reference_sequential, source_from_survey, starnet_data,
@@ -89,28 +95,57 @@ class PlainStarNet(nn.Module):
         return self.fc3(h), self.logvar(h.detach())
 
 
+def bf16_predict(model, x):
+    """The book's StarNet with its fully connected layers under bfloat16 autocast (a variant
+    measured for speed only: not the book's default, see README_starnet.md)."""
+    f = model.features(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h = F.elu(model.fc2(F.elu(model.fc1(f))))
+        mu, logvar = model.fc3(h), model.logvar(h.detach())
+    return mu.float(), logvar.float()
+
+
+PHASES = ("data", "forward", "backward", "optimizer")
+
+
 def time_batches(model, fused: bool, heap: bool, data, y, w, batches: int, batch: int,
-                 seed: int = 0) -> float:
-    """Median seconds per training batch of ``model`` over ``batches`` batches."""
+                 seed: int = 0, threads: int | None = None, predict=None) -> dict:
+    """Median seconds per training batch of ``model`` over ``batches`` batches, and per phase.
+
+    ``threads``: torch threads during the timing (restored after); ``predict``: a function
+    (model, x) -> (mu, logvar) instead of ``model.predict_with_logvar``.
+    """
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=fused,
                             foreach=None if fused else True)
+    predict = predict or (lambda m, x: m.predict_with_logvar(x))
     rng = np.random.default_rng(seed)
-    times = []
+    times = {k: [] for k in ("total",) + PHASES}
     ctx = fast_allocation() if heap else _null()
-    with ctx:
-        for b in range(batches + 2):
-            idx = np.sort(rng.choice(len(data), batch, replace=False))
-            t = time.perf_counter()
-            x = torch.from_numpy(data.rows(idx))
-            mu, logvar = model.predict_with_logvar(x)
-            loss = ((mu - y[idx]) ** 2 * w[idx]).mean() + \
-                (0.5 * (logvar + (y[idx] - mu.detach()) ** 2 * torch.exp(-logvar))).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if b >= 2:
-                times.append(time.perf_counter() - t)
-    return float(np.median(times))
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        with ctx:
+            for b in range(batches + 2):
+                idx = np.sort(rng.choice(len(data), batch, replace=False))
+                t0 = time.perf_counter()
+                x = torch.from_numpy(data.rows(idx))
+                t1 = time.perf_counter()
+                mu, logvar = predict(model, x)
+                loss = ((mu - y[idx]) ** 2 * w[idx]).mean() + \
+                    (0.5 * (logvar + (y[idx] - mu.detach()) ** 2 * torch.exp(-logvar))).mean()
+                t2 = time.perf_counter()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                t3 = time.perf_counter()
+                opt.step()
+                t4 = time.perf_counter()
+                if b >= 2:
+                    for k, v in zip(times, (t4 - t0, t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                        times[k].append(v)
+    finally:
+        torch.set_num_threads(before)
+    return {k: float(np.median(v)) for k, v in times.items()}
 
 
 class _null:
@@ -162,29 +197,49 @@ def main(argv=None) -> int:
     # 2. variants, interleaved
     train = data["apogee"]["train"]
     n_pix = train.n_pixels
-    variants = {"plain": (lambda: PlainStarNet(n_pix), False, False),
-                "plain + fused AdamW + heap reuse": (lambda: PlainStarNet(n_pix), True, True),
-                "book (fast block + fused AdamW + heap reuse)": (lambda: StarNet(n_pix), True,
-                                                                 True)}
+    fl_batch = flops_per_spectrum(n_pix) * args.batch_size
+    book = "book (channels-last block + fused AdamW + heap reuse)"
+    variants = {  # name: (model, fused AdamW, heap reuse, threads, predict)
+        "plain": (lambda: PlainStarNet(n_pix), False, False, None, None),
+        "plain + fused AdamW + heap reuse": (lambda: PlainStarNet(n_pix), True, True, None, None),
+        book: (lambda: StarNet(n_pix), True, True, None, None),
+        "book, one thread": (lambda: StarNet(n_pix), True, True, 1, None),
+        "book, fully connected layers in bfloat16 (autocast; not adopted)":
+            (lambda: StarNet(n_pix), True, True, None, bf16_predict),
+    }
     per_batch = {k: [] for k in variants}
+    phases = {k: [] for k in variants}
     loads = []
     for r in range(args.rounds):
-        for name, (make, fused, heap) in variants.items():
+        for name, (make, fused, heap, threads, predict) in variants.items():
             torch.manual_seed(0)
-            s = time_batches(make(), fused, heap, train, y, w, args.batches, args.batch_size,
-                             seed=r)
-            per_batch[name].append(s)
+            t = time_batches(make(), fused, heap, train, y, w, args.batches, args.batch_size,
+                             seed=r, threads=threads, predict=predict)
+            per_batch[name].append(t["total"])
+            phases[name].append(t)
             loads.append(load())
-            print(f"round {r}: {name}: {s * 1e3:.1f} ms/batch (load {loads[-1]})")
+            print(f"round {r}: {name}: {t['total'] * 1e3:.1f} ms/batch ("
+                  + ", ".join(f"{k} {t[k] * 1e3:.1f}" for k in PHASES)
+                  + f") load {loads[-1]}", flush=True)
     n_train = len(train)
     res["variants"] = {k: {"ms_per_batch": [round(1e3 * s, 1) for s in v],
                            "median_ms_per_batch": round(1e3 * float(np.median(v)), 1),
+                           "median_phase_ms": {ph: round(1e3 * float(np.median(
+                               [t[ph] for t in phases[k]])), 1) for ph in PHASES},
                            "projected_epoch_s": round(float(np.median(v)) * n_train
-                                                      / args.batch_size, 1)}
+                                                      / args.batch_size, 1),
+                           "fraction_of_gemm": round(fl_batch / float(np.median(v)) / 1e9
+                                                     / gemm, 3)}
                        for k, v in per_batch.items()}
     base = np.median(per_batch["plain"])
     res["speedup_vs_plain"] = {k: round(float(base / np.median(v)), 2)
                                for k, v in per_batch.items()}
+    ref = per_batch["plain + fused AdamW + heap reuse"]
+    res["block_speedup_vs_plain_fused_heap"] = round(float(np.median(ref)
+                                                           / np.median(per_batch[book])), 2)
+    # per round, so that a change of load between rounds cancels
+    res["book_ratio_per_round"] = {k: [round(a / b, 2) for a, b in zip(v, per_batch[book])]
+                                   for k, v in per_batch.items() if k != book}
     res["variant_loads"] = loads
 
     # 3. full epochs with the book's code
