@@ -71,6 +71,26 @@ def _conv_grads(grad, inp, weight, channels: int, need_input: bool) -> tuple:
                                                [need_input, True, True])
 
 
+def _space_to_depth_weight(w2c: torch.Tensor) -> torch.Tensor:
+    """conv2's input gradient as a convolution over rows of 4 positions x 16 channels.
+
+    ``gh1[4 t + r, c] = sum_{j, r', co} G[t + j - 2, (r', co)] W[co, c, k]`` with
+    ``k = r - r' + 8 - 4 j`` (0 <= k < 8, j = 0, 1, 2): a kernel-3 convolution from 64 to 16
+    (= 4 positions x 4 channels) channels, the shape for which oneDNN's kernels are fast
+    (its own backward kernel for 16 -> 4 channels is several times slower). Returns the
+    (16, 64, 1, 3) weight.
+    """
+    r = torch.arange(POOL).view(POOL, 1, 1, 1, 1)
+    c = torch.arange(_C1).view(1, _C1, 1, 1, 1)
+    rp = torch.arange(POOL).view(1, 1, POOL, 1, 1)
+    co = torch.arange(_C2).view(1, 1, 1, _C2, 1)
+    j = torch.arange(3).view(1, 1, 1, 1, 3)
+    k = r - rp + 2 * POOL - POOL * j
+    ok = (k >= 0) & (k < KERNEL)
+    w = w2c[co, c, 0, k.clamp(0, KERNEL - 1)] * ok
+    return w.reshape(POOL * _C1, POOL * _C2, 1, 3)
+
+
 class _ConvBlock(torch.autograd.Function):
     """conv1 ELU conv2 max-pool ELU, in (batch, position, channel) layout; see module doc.
 
@@ -113,28 +133,41 @@ class _ConvBlock(torch.autograd.Function):
         out, w1c, w2c, *saved = ctx.saved_tensors
         n, l2, l3, chunk = ctx.geometry
         need_x = ctx.needs_input_grad[0]
+        p = saved[0].shape[-1]
+        l1 = p - (KERNEL - 1)
+        n2 = POOL * l3
+        reach = min(l1, n2 + KERNEL - 1)       # h1 positions that reach a pooled output
         gm = _elu_grad(gout.reshape(n, l3, _C2), out)
+        ws = _space_to_depth_weight(w2c)
         gw1, gb1, gw2, gb2 = (torch.zeros_like(t) for t in (w1c, w1c[:, 0, 0, 0], w2c,
                                                              w2c[:, 0, 0, 0]))
-        gx = out.new_empty((n, saved[0].shape[-1])) if need_x else None
-        z2 = None
+        gx = out.new_zeros((n, p)) if need_x else None
+        gpad = None
         for c, a in enumerate(range(0, n, chunk)):
             xc, h1, idx = saved[3 * c:3 * c + 3]
             m = xc.shape[0]
-            if z2 is None or z2.shape[0] != m:
-                z2 = torch.empty((m, _C2, 1, l2), dtype=out.dtype,
-                                 memory_format=torch.channels_last)   # shape only
-            gz2 = torch.ops.aten.max_pool2d_with_indices_backward(
-                _channels_last(gm[a:a + m], m, l3, _C2), z2, [1, POOL], [1, POOL], [0, 0],
-                [1, 1], False, idx)
-            gh1, gw, gb = _conv_grads(gz2, h1, w2c, _C2, True)
+            if gpad is None or gpad.shape[0] != m:
+                gpad = out.new_empty((m, l3 + 4, POOL * _C2))
+            # gradient of conv2's output: the pooled gradient at each maximum, zero elsewhere;
+            # rows of 4 positions x 16 channels with two zero rows on each side
+            gpad.zero_()
+            gz2 = gpad.view(m, POOL * (l3 + 4), _C2)[:, 2 * POOL:2 * POOL + n2]
+            gz2.scatter_(1, idx.permute(0, 2, 3, 1).reshape(m, l3, _C2), gm[a:a + m])
+            _, gw, gb = _conv_grads(_channels_last(gz2, m, n2, _C2),
+                                    h1[..., :n2 + KERNEL - 1], w2c, _C2, False)
             gw2 += gw
             gb2 += gb
-            gx1, gw, gb = _conv_grads(_elu_grad(gh1, h1), xc, w1c, _C1, need_x)
+            # its input gradient: one convolution of the rows with 16 output channels
+            gh = F.conv2d(_channels_last(gpad, m, l3 + 4, POOL * _C2), ws)
+            gh1 = gh.permute(0, 2, 3, 1).reshape(m, POOL * (l3 + 2), _C1)[:, :reach]
+            h1r = h1[..., :reach]
+            gz1 = _elu_grad(_channels_last(gh1, m, reach, _C1), h1r)
+            xr = xc[..., :reach + KERNEL - 1]
+            gx1, gw, gb = _conv_grads(gz1, xr, w1c, _C1, need_x)
             gw1 += gw
             gb1 += gb
             if need_x:
-                gx[a:a + m] = gx1.reshape(m, -1)
+                gx[a:a + m, :reach + KERNEL - 1] = gx1.reshape(m, -1)
         return gx, gw1.squeeze(2), gb1, gw2.squeeze(2), gb2, None
 
 
