@@ -180,11 +180,13 @@ def test_fast_block_equals_plain_torch_layers(n_pixels, chunk):
     assert torch.allclose(x.grad, x_ref.grad, rtol=1e-9, atol=1e-12)    # saliency works too
 
 
-@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-9), (torch.float32, 2e-5)])
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-9), (torch.float32, 2e-4)])
 def test_book_training_loop_equals_plain_torch_loop(cache, dtype, tol):
     """Same seed, same batches: the book's loop (its convolution block, fused AdamW, heap
     reuse) trains the same network as a plain ``torch.nn`` loop with for-each AdamW, up to
-    float rounding (double: to 1e-9; single: to a few 1e-5 after 12 steps)."""
+    float rounding (double: to 1e-9; single: to 2e-4, a fifth of one AdamW step of lr 1e-3,
+    after 12 steps: Adam's normalised steps amplify rounding, which differs with the number
+    of threads; a wrong gradient moves weights by about lr per step)."""
     src = _fake_source()
     split = starnet_split(src, seed=0)
     tr = starnet_data(src, split, "apogee")["train"]
