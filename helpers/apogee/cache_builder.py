@@ -19,12 +19,13 @@ import pandas as pd
 
 from helpers.apogee.aspcapstar import read_aspcapstar
 from helpers.apogee.cache_format import (SpectraCacheError, cache_key, ids_of, is_complete_cache,
-                                         progress_bar, progress_enabled, read_manifest)
+                                         progress_bar, read_manifest)
 from helpers.apogee.cache_loader import SpectraCache, load_spectra_cache
 from helpers.apogee.cache_writer import SpectraCacheWriter
 from helpers.apogee.fits_io import ApogeeFormatError
 from helpers.apogee.grid import N_PIXELS
 from helpers.apogee.sas import aspcapstar_path
+from helpers.progress import progress_enabled
 
 __all__ = ["default_n_jobs", "build_spectra_cache"]
 
@@ -169,7 +170,8 @@ def build_spectra_cache(catalogue: pd.DataFrame, out_dir, paths: Sequence | None
     n_jobs : int, optional
         Worker count; default :func:`default_n_jobs`.  1 reads in this process.
     progress : bool
-        Show a tqdm progress bar (always off when the environment variable ``CI`` is set).
+        Show a tqdm progress bar (off under ``CI`` or ``TQDM_DISABLE=1``:
+        :func:`helpers.progress.progress_enabled`).
     key_extra : JSON-serialisable, optional
         Anything else the cache should be keyed by.
     executor : {'process', 'thread'}

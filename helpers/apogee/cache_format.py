@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["CACHE_FORMAT", "MANIFEST", "CATALOGUE", "IDS", "FLUX", "ERROR",
-           "SpectraCacheError", "progress_enabled", "progress_bar", "fsync_path", "pid_alive",
+           "SpectraCacheError", "progress_bar", "fsync_path", "pid_alive",
            "remove_stale_temporaries", "ids_of", "catalogue_to_arrays", "json_safe",
            "cache_key", "is_complete_cache", "read_manifest"]
 
@@ -75,14 +75,6 @@ class SpectraCacheError(ValueError):
 
     Book: {ref}`sec-survey-files`
     """
-
-
-def progress_enabled(progress: bool) -> bool:
-    """Whether to show a progress bar: asked for, and the environment variable ``CI`` unset.
-
-    Book: {ref}`sec-survey-files`
-    """
-    return bool(progress) and not os.environ.get("CI")
 
 
 def progress_bar(total: int, desc: str, enabled: bool):

@@ -39,10 +39,11 @@ import numpy as np
 import pandas as pd
 
 from helpers.apogee.cache_format import (SpectraCacheError, catalogue_to_arrays, json_safe,
-                                         progress_bar, progress_enabled, read_manifest)
+                                         progress_bar, read_manifest)
 from helpers.apogee.cache_loader import SpectraCache, load_spectra_cache
 from helpers.apogee.grid import CDELT1, CRVAL1, N_PIXELS
 from helpers.paths import replace_atomically
+from helpers.progress import progress_enabled
 
 __all__ = ["ZARR_FORMAT", "ZARR_NAME", "ZARR_CHUNK_ROWS", "APOGEE_GRID", "ZarrSpectra",
            "write_zarr_store", "open_zarr_store", "write_zarr_cache", "load_zarr_cache",
@@ -178,7 +179,7 @@ def write_zarr_store(out, arrays: Mapping[str, object], apogee_ids: Sequence[str
         default: noisy float32 compresses little and decompressing halves the read speed
         (measured in ``benchmarks/README_dask.md``); boolean masks compress ~50x.
     progress : bool
-        tqdm bar (quiet when ``CI`` is set).
+        tqdm bar (quiet under ``CI`` or ``TQDM_DISABLE=1``).
 
     Returns
     -------
@@ -364,7 +365,7 @@ def write_zarr_cache(cache, out=None, *, chunk_rows: int = ZARR_CHUNK_ROWS,
     chunk_rows : int
         Stars per Zarr chunk.
     progress : bool
-        tqdm bar (quiet when ``CI`` is set).
+        tqdm bar (quiet under ``CI`` or ``TQDM_DISABLE=1``).
     force : bool
         Rewrite even if ``out`` already holds the copy of this cache (same key).
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from helpers.paths import cache_dir
 from helpers.ppca.model import ENGINE_VERSION, PPCA
+from helpers.progress import progress_enabled
 
 __all__ = ["PPCA_TOL", "Representation", "PixelColumns", "StackedRows", "ppca_representation",
            "ppca_runs", "principal_angles", "read_rows", "inverse_variance", "ppca_coordinates"]
@@ -301,8 +302,8 @@ def ppca_runs(inputs, n_components: int, n_runs: int, *, seed: int = 0, n_fit: i
         As in :func:`ppca_representation` (``n_fit=None``: every field star, the paper's
         protocol).
     progress : bool
-        Show a progress bar (quiet when the environment variable ``CI`` or ``TQDM_DISABLE``
-        is set).
+        Show a progress bar (quiet under ``CI`` or ``TQDM_DISABLE=1``:
+        :func:`helpers.progress.progress_enabled`).
 
     Returns
     -------
@@ -311,8 +312,7 @@ def ppca_runs(inputs, n_components: int, n_runs: int, *, seed: int = 0, n_fit: i
     if int(n_runs) != n_runs or n_runs < 1:
         raise ValueError(f"n_runs must be a positive integer, got {n_runs!r}")
     seeds = range(int(seed), int(seed) + int(n_runs))
-    quiet = not progress or bool(os.environ.get("CI")) or bool(os.environ.get("TQDM_DISABLE"))
-    if not quiet:
+    if progress_enabled(progress):
         from tqdm.auto import tqdm  # imported only when a bar is shown (tqdm.auto may warn)
         seeds = tqdm(seeds, desc=f"PPCA runs, K = {n_components}", unit="run", leave=False)
     return [ppca_representation(inputs, n_components, n_fit=n_fit, seed=s, tol=tol,

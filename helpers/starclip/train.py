@@ -33,7 +33,7 @@ import torch
 from tqdm import tqdm   # not tqdm.auto: its import warns on stderr in a kernel without ipywidgets
 
 from helpers.paths import cache_dir
-from helpers.starnet.train import progress_enabled   # one rule for both networks' bars
+from helpers.progress import progress_enabled   # the package's one rule for progress bars
 
 from .model import EMBEDDINGS, ESSAY_LOGIT_SCALE, STAGES, ClipTower, LogitScale, clip_loss
 from .retrieval import retrieval

@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 
 from helpers.paths import cache_dir
+from helpers.progress import progress_enabled   # re-exported: helpers.starnet.progress_enabled
 
 from .data import SpectraSet, StarnetSource, starnet_data
 from .labels import LABEL_KINDS, LABEL_NAMES, LabelScaler
@@ -111,15 +112,6 @@ class TrainConfig:
 
 #: The essay's recipe: 15 epochs, StepLR every 5, the flux fed as it is.
 ESSAY_CONFIG = TrainConfig(epochs=15, step_size=5, input_scaling="none")
-
-
-def progress_enabled(progress: bool) -> bool:
-    """Show a progress bar unless asked not to or running under CI / ``TQDM_DISABLE=1``.
-
-    Book: {ref}`sec-starnet-training`
-    """
-    return bool(progress) and not os.environ.get("CI") and \
-        os.environ.get("TQDM_DISABLE", "0") in ("", "0")
 
 
 @contextlib.contextmanager

@@ -113,7 +113,7 @@ def _configure_cache(p: argparse.ArgumentParser):
     p.add_argument("--force", action="store_true",
                    help="rebuild even if --out already holds a cache of the same inputs")
     p.add_argument("--no-progress", action="store_true",
-                   help="do not show the progress bar (it is also off when $CI is set)")
+                   help="do not show the progress bar (it is also off when $CI is set or TQDM_DISABLE=1)")
     p.add_argument("--zarr", action="store_true",
                    help="also write the cache's Zarr copy, OUT/spectra.zarr, which the "
                         "workers of a Dask cluster read (the memory map stays the default)")

@@ -30,10 +30,10 @@ from numpy.lib.format import open_memmap
 from threadpoolctl import threadpool_limits
 
 from helpers import apogee
-from helpers.apogee.cache_format import progress_enabled
 from helpers.apogee.cache_writer import SpectraCacheWriter
 from helpers.apogee.cache_zarr import write_zarr_cache
 from helpers.paths import cache_dir, replace_atomically
+from helpers.progress import progress_enabled
 from helpers.spectra.cannon import apogee_model, nirspec_grid, nirspec_model
 from helpers.survey import chemistry as chem
 from helpers.survey.catalogue import build_catalogue, occam_cluster_table
@@ -111,7 +111,8 @@ def generate_survey(params: SurveyParams | None = None, out_dir=None, progress: 
     out_dir : path-like, optional
         Default :func:`survey_dir` (``<cache>/surveys/<key>``).
     progress : bool
-        Show a tqdm bar (quiet when the environment variable CI is set).
+        Show a tqdm bar (quiet under ``CI`` or ``TQDM_DISABLE=1``:
+        :func:`helpers.progress.progress_enabled`).
     overwrite : bool
         Rebuild even if a complete survey with the same key exists.
     n_threads : int, optional
