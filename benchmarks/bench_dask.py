@@ -52,16 +52,13 @@ sys.path.insert(0, str(ROOT))
 from helpers.apogee.cache_zarr import open_zarr_store, write_zarr_store  # noqa: E402
 from helpers.dask_cluster import connect  # noqa: E402
 from helpers.ppca import PPCA  # noqa: E402
+from machine import load  # noqa: E402  (benchmarks/machine.py)
 
 WORK = ROOT / "benchmarks" / "_work"
 RESULTS = ROOT / "benchmarks" / "results"
 K = 30
 PAPER_N = 151_146     # the paper's 151,145 field giants, rounded up to a multiple of 3
 DR17_N = 733_901      # rows of the DR17 allStar file (Abdurro'uf et al. 2022), as in issue 17
-
-
-def load():
-    return [round(x, 2) for x in os.getloadavg()]
 
 
 def survey_spectra():

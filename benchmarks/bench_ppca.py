@@ -32,6 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from helpers.ppca import PPCA  # noqa: E402
+from machine import gemm_gflops  # noqa: E402  (benchmarks/machine.py)
 
 WORK = ROOT / "benchmarks" / "_work"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -43,25 +44,9 @@ def _max_rss_gb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
 
 
-def gemm_gflops(n=3000, reps=3):
-    """Best-of-`reps` float32 matrix-multiply throughput (GFLOP/s) of this machine, now."""
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((n, n), dtype=np.float32)
-    b = rng.standard_normal((n, n), dtype=np.float32)
-    a @ b
-    best = np.inf
-    for _ in range(reps):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2.0 * n ** 3 / best / 1e9
-
-
 def gemm_gflops_1():
-    """The same on one BLAS thread (the E-step runs chunks in parallel, one thread each)."""
-    from threadpoolctl import threadpool_limits
-    with threadpool_limits(1, user_api="blas"):
-        return gemm_gflops()
+    """NumPy's GEMM rate on one BLAS thread (the E-step runs chunks in parallel, one thread each)."""
+    return gemm_gflops(threads=1)
 
 
 def make_block(rng, n, D, basis, noise=0.01, p_rand=0.02, p_win=0.01, win=60):

@@ -38,13 +38,9 @@ from helpers.starclip import (ClipConfig, ClipTower, MockSettings, ModalityBatch
                               fit_clip, mock_chain, starclip_pairs)
 from helpers.starnet import StarNet, source_from_survey, starnet_source, starnet_split
 from helpers.survey import load_survey, paper_scale_params
+from machine import load   # benchmarks/machine.py
 
 RESULTS = Path(__file__).resolve().parent / "results" / "starclip.json"
-
-
-def load() -> list:
-    """1, 5 and 15-minute load averages."""
-    return [round(x, 2) for x in os.getloadavg()]
 
 
 def main(argv=None) -> dict:

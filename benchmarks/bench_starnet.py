@@ -44,25 +44,9 @@ from helpers.starnet import (LabelScaler, StarNet, centred_rms, fast_allocation,
                              reference_sequential, source_from_survey, starnet_data,
                              starnet_source, starnet_split, train_epoch)
 from helpers.survey import load_survey
+from machine import gemm_gflops, load   # benchmarks/machine.py
 
 RESULTS = Path(__file__).resolve().parent / "results" / "starnet.json"
-
-
-def load() -> list:
-    """1, 5 and 15-minute load averages."""
-    return [round(x, 2) for x in os.getloadavg()]
-
-
-def gemm_gflops(n: int = 4096, repeats: int = 5) -> float:
-    """Best float32 GEMM rate (GFLOP/s) of ``repeats`` n x n products."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = np.inf
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best / 1e9
 
 
 def flops_per_spectrum(n_pixels: int) -> float:
@@ -183,7 +167,7 @@ def main(argv=None) -> int:
                        "torch": torch.__version__, "threads": torch.get_num_threads()},
            "source": source.key, "split": split.sizes, "batch_size": args.batch_size,
            "load_start": load()}
-    gemm = gemm_gflops()
+    gemm = gemm_gflops(4096, 5, library="torch")
     res["gemm_gflops"] = round(gemm, 1)
     print(f"float32 GEMM: {gemm:.0f} GFLOP/s (load {load()})")
 
