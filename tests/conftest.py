@@ -46,3 +46,53 @@ def dask_client():
     yield client
     client.close()
     cluster.close()
+
+
+TINY_CHAPTER = """---
+jupytext:
+  text_representation:
+    extension: .md
+    format_name: myst
+kernelspec:
+  display_name: Python 3
+  language: python
+  name: python3
+---
+
+# Tiny
+
+```{code-cell} ipython3
+:tags: [parameters]
+
+K = 1
+seed = 0
+hold = ""
+```
+
+```{code-cell} ipython3
+import os
+import time
+
+from helpers.paths import cache_dir
+from helpers.sweep import record_result
+
+if K == 3:
+    raise RuntimeError("K = 3 is broken on purpose")
+t0 = time.time()
+while hold and os.path.exists(hold) and time.time() - t0 < 90:
+    time.sleep(0.2)       # a slow point: it waits while the file `hold` exists
+record_result(square=K * K, seed_plus=seed + 100, cache=str(cache_dir()), pid=os.getpid())
+```
+"""
+
+
+@pytest.fixture()
+def tiny(tmp_path, monkeypatch):
+    """A two-cell chapter for the sweep tests (tests/test_sweep*.py): parameters ``K``, ``seed`` and
+    ``hold`` (a file: the point waits while it exists, up to 90 s); ``K = 3`` fails on purpose; it records
+    ``square``, ``seed_plus``, the cache folder it saw and its process id. The cache folder is
+    ``tmp_path / "cache"``."""
+    path = tmp_path / "99_tiny.md"
+    path.write_text(TINY_CHAPTER)
+    monkeypatch.setenv("STARS_BOOK_CACHE", str(tmp_path / "cache"))
+    return path

@@ -7,42 +7,6 @@ import pytest
 
 from helpers.sweep import grid_points, main, point_id, run_sweep
 
-TINY = """---
-jupytext:
-  text_representation:
-    extension: .md
-    format_name: myst
-kernelspec:
-  display_name: Python 3
-  language: python
-  name: python3
----
-
-# Tiny
-
-```{code-cell} ipython3
-:tags: [parameters]
-
-K = 1
-seed = 0
-```
-
-```{code-cell} ipython3
-from helpers.sweep import record_result
-
-if K == 3:
-    raise RuntimeError("K = 3 is broken on purpose")
-record_result(square=K * K, seed_plus=seed + 100)
-```
-"""
-
-
-@pytest.fixture()
-def tiny(tmp_path):
-    path = tmp_path / "99_tiny.md"
-    path.write_text(TINY)
-    return path
-
 
 def test_grid_points():
     pts = grid_points({"K": [1, 2]}, seeds=[0, 1])

@@ -15,51 +15,6 @@ from helpers.sweep import main, point_id, run_sweep
 
 distributed = pytest.importorskip("distributed")
 
-TINY = """---
-jupytext:
-  text_representation:
-    extension: .md
-    format_name: myst
-kernelspec:
-  display_name: Python 3
-  language: python
-  name: python3
----
-
-# Tiny
-
-```{code-cell} ipython3
-:tags: [parameters]
-
-K = 1
-seed = 0
-hold = ""
-```
-
-```{code-cell} ipython3
-import os
-import time
-
-from helpers.paths import cache_dir
-from helpers.sweep import record_result
-
-if K == 3:
-    raise RuntimeError("K = 3 is broken on purpose")
-t0 = time.time()
-while hold and os.path.exists(hold) and time.time() - t0 < 90:
-    time.sleep(0.2)       # a slow point: it waits while the file `hold` exists
-record_result(square=K * K, seed_plus=seed + 100, cache=str(cache_dir()), pid=os.getpid())
-```
-"""
-
-
-@pytest.fixture()
-def tiny(tmp_path, monkeypatch):
-    path = tmp_path / "99_tiny.md"
-    path.write_text(TINY)
-    monkeypatch.setenv("STARS_BOOK_CACHE", str(tmp_path / "cache"))
-    return path
-
 
 def test_sweep_on_a_cluster(tiny, tmp_path, dask_client):
     """Same table as the process pool; failures recorded; resumable; the cache folder and
