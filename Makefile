@@ -38,16 +38,25 @@ book: setup
 NBVAL_NOTEBOOKS = $(patsubst notebooks/%.md,$(EXECUTED)/notebooks/%.ipynb,$(shell grep -l '^\# NBVAL_CHECK_OUTPUT' notebooks/*.md))
 
 ## test: unit tests + harness rules + every chapter once by papermill at smoke parameters,
-##       then nbval on the chapters with checked outputs, then a book build from them
-# Two pytest-xdist workers (the machine has 2 cores): the chapters run in order in one of them
-# (xdist group "chapters") while the other takes the unit tests; nbval spreads the notebooks
-# over both (each notebook whole, in one kernel).
+##       then nbval on the chapters with checked outputs beside a book build from them
+# Two pytest-xdist workers (the machine has 2 cores): the chapters run in two chains, one per
+# worker, each whole and in order (tests/conftest.py, tests/notebook_tools.py), beside the unit
+# tests. nbval and the smoke book only read the executed notebooks: they run side by side.
+# One OpenMP/BLAS thread per process (torch, OpenBLAS): two busy workers fill the two cores,
+# and threads that spin-wait for each other do not fight over a core.
+test: export OMP_NUM_THREADS = 1
 test: setup
 	rm -rf $(EXECUTED)
 	$(BIN)/python -m pytest -n 2 --dist loadgroup tests
 	@echo "nbval: $(notdir $(NBVAL_NOTEBOOKS))"
+	$(MAKE) --no-print-directory -j 2 --output-sync=target nbval smoke-book
+
+# nbval and smoke-book read what `make test`'s pytest step wrote to tests/_executed
+nbval:
 	if [ -n "$(NBVAL_NOTEBOOKS)" ]; then $(BIN)/python -m pytest -p no:cacheprovider -n 2 --dist loadfile \
 		--nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg $(NBVAL_NOTEBOOKS); fi
+
+smoke-book:
 	$(BIN)/python tests/build_smoke_book.py $(EXECUTED)
 
 ## ipynb: write the paired .ipynb of every chapter, one way (never committed)

@@ -10,6 +10,27 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadgroup`` that groups the chapters by their chain (tests/test_notebooks.py).
+
+    pytest-xdist 3.8 groups tests by renaming their node ids, which pytest 9 no longer
+    allows, so its ``xdist_group`` marks are silently ignored there. This scheduler computes
+    the group from the node id instead: each chain of chapters is one unit of work, sent
+    whole to one worker and run in order; every other test is a unit of its own. Units are
+    handed out largest first, so the two chains start at once, one per worker.
+    """
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from notebook_tools import chain_of_nodeid
+    from xdist.scheduler import LoadGroupScheduling
+
+    class ChainScheduling(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return chain_of_nodeid(nodeid) or super()._split_scope(nodeid)
+
+    return ChainScheduling(config, log)
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     """The repository's top folder."""

@@ -16,6 +16,28 @@ NOTEBOOKS = REPO / "notebooks"
 SMOKE_PARAMS = Path(__file__).with_name("smoke_params.yml")
 
 
+#: The two chains of chapters that ``make test`` runs side by side, one per pytest-xdist
+#: worker (tests/conftest.py schedules each chain whole, in order). A chain keeps together
+#: the chapters that reuse what an earlier one of them cached: chapter 5's PPCA runs in 5b
+#: and 6, chapter 7's StarNet encoders in 8. Chain "b" (StarNet, StarCLIP, scaling out) is
+#: the shorter at smoke parameters; the unit tests fill both workers. A chapter not listed
+#: runs in chain "a".
+CHAINS = {"07_starnet": "b", "08_starclip": "b", "09_scaling_out": "b"}
+CHAPTER_TEST = "test_notebooks.py::test_chapter_runs_at_smoke_parameters["
+
+
+def chain(stem: str) -> str:
+    """The chain (``"chapters-a"`` or ``"chapters-b"``) a chapter runs in."""
+    return f"chapters-{CHAINS.get(stem, 'a')}"
+
+
+def chain_of_nodeid(nodeid: str) -> str | None:
+    """The chain of a chapter's test, from its pytest node id; None for any other test."""
+    if CHAPTER_TEST not in nodeid:
+        return None
+    return chain(nodeid.split(CHAPTER_TEST, 1)[1].split("]", 1)[0])
+
+
 def chapters() -> list[Path]:
     """Every chapter source ``notebooks/NN_topic.md``, in order."""
     return sorted(p for p in NOTEBOOKS.glob("[0-9][0-9]*_*.md"))
