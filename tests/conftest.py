@@ -38,6 +38,18 @@ def repo_root() -> Path:
 
 
 @pytest.fixture
+def one_torch_thread():
+    """PyTorch on one thread for the test (tiny networks: a second thread only waits for a
+    busy core on a shared machine); the previous thread count is restored after it."""
+    import torch   # only the tests that ask for it pay for importing torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
 def flux_mask_memmaps(tmp_path):
     """``write(X, observed)``: store float32 flux and a boolean mask in two files and return
     them as read-only memory maps (as the spectra cache serves them)."""

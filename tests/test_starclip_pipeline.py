@@ -12,12 +12,7 @@ from helpers.starnet import (STARNET_ELEMENTS, ModalitySpectra, StarnetSource, T
                              pretrained_encoders, starnet_split, true_labels)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

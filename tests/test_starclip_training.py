@@ -13,13 +13,7 @@ from helpers.starclip.transforms import Denormalise, MockJWST, NoiseToSNR
 from helpers.starnet import StarNet
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks: one thread (a second one only waits for a busy core on a shared machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(n_pixels, seed):
