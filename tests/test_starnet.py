@@ -180,13 +180,25 @@ def test_fast_block_equals_plain_torch_layers(n_pixels, chunk):
     assert torch.allclose(x.grad, x_ref.grad, rtol=1e-9, atol=1e-12)    # saliency works too
 
 
-@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-9), (torch.float32, 2e-4)])
-def test_book_training_loop_equals_plain_torch_loop(cache, dtype, tol):
-    """Same seed, same batches: the book's loop (its convolution block, fused AdamW, heap
-    reuse) trains the same network as a plain ``torch.nn`` loop with for-each AdamW, up to
-    float rounding (double: to 1e-9; single: to 2e-4, a fifth of one AdamW step of lr 1e-3,
-    after 12 steps: Adam's normalised steps amplify rounding, which differs with the number
-    of threads; a wrong gradient moves weights by about lr per step)."""
+@pytest.mark.parametrize("dtype,tol,threads", [(torch.float64, 1e-9, 2),
+                                               (torch.float32, 2e-4, 1),
+                                               (torch.float32, 2e-4, 2)])
+def test_book_training_loop_equals_plain_torch_loop(cache, dtype, tol, threads):
+    """Same seed, same batches: the book's loop (its convolution block in its default chunks
+    for this thread count, fused AdamW, heap reuse) trains the same network as a plain
+    ``torch.nn`` loop with for-each AdamW, up to float rounding (double: to 1e-9; single: to
+    2e-4, a fifth of one AdamW step of lr 1e-3, after 12 steps: Adam's normalised steps
+    amplify rounding, which differs with the number of threads; a wrong gradient moves
+    weights by about lr per step)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _book_vs_plain(dtype, tol)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _book_vs_plain(dtype, tol):
     src = _fake_source()
     split = starnet_split(src, seed=0)
     tr = starnet_data(src, split, "apogee")["train"]
@@ -315,6 +327,70 @@ def test_training_is_reproducible_cached_and_calibrated(cache):
     assert embed(run, data["test"], layer="hidden").shape == (len(data["test"]), 128)
 
 
+def test_train_config_key_leaves_out_threads_and_default_precision():
+    old_fields = {"epochs", "batch_size", "lr", "weight_decay", "step_size", "gamma", "seed",
+                  "input_scaling"}
+    assert set(TrainConfig().key_dict()) == old_fields      # cached runs keep their keys
+    assert TrainConfig(threads=1).key_dict() == TrainConfig().key_dict()
+    assert TrainConfig(precision="bf16-fc").key_dict()["precision"] == "bf16-fc"
+    assert TrainConfig(threads=1).to_dict()["threads"] == 1
+    for bad in (0, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="threads"):
+            TrainConfig(threads=bad)
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(precision="float16")
+
+
+def test_thread_count_changes_no_number_and_is_not_in_the_key(cache):
+    """One and two torch threads train the same run (same key, same folder) to the same
+    numbers up to float rounding (the tolerance of the book-vs-plain loop test), and the
+    caller's thread setting is restored."""
+    src = _fake_source()
+    split = starnet_split(src, seed=0)
+    before = torch.get_num_threads()
+    runs = {}
+    for t in (1, 2):
+        cfg = TrainConfig(epochs=2, batch_size=16, step_size=1, seed=4, threads=t)
+        runs[t] = train_starnet(src, split, "apogee", "true", cfg, progress=False,
+                                retrain=True)
+        assert torch.get_num_threads() == before
+        assert runs[t].meta["n_threads"] == t
+    assert runs[1].path == runs[2].path and runs[1].meta["key"] == runs[2].meta["key"]
+    h1, h2 = runs[1].history, runs[2].history
+    assert np.allclose(h1[["train_loss", "val_loss"]], h2[["train_loss", "val_loss"]],
+                       rtol=2e-4, atol=0)
+    for (k, a), b in zip(runs[1].model.state_dict().items(), runs[2].model.state_dict().values()):
+        assert torch.allclose(a, b, rtol=2e-4, atol=2e-4), k
+
+
+def test_bf16_fully_connected_layers_are_an_opt_in(cache):
+    torch.manual_seed(2)
+    fp32, bf16 = StarNet(300), StarNet(300, precision="bf16-fc")
+    bf16.load_state_dict(fp32.state_dict())
+    x = torch.randn(8, 300)
+    # training mode: bfloat16 products (about 3 significant digits), float32 outputs
+    fp32.train(), bf16.train()
+    (m32, v32), (m16, v16) = fp32.predict_with_logvar(x), bf16.predict_with_logvar(x)
+    assert m16.dtype == v16.dtype == bf16.hidden(x).dtype == torch.float32
+    rel = float((m16 - m32).abs().max() / m32.abs().max())
+    assert 1e-5 < rel < 3e-2, rel
+    # evaluation mode: float32 whatever the setting
+    fp32.eval(), bf16.eval()
+    assert torch.equal(bf16(x), fp32(x))
+    with pytest.raises(ValueError, match="precision"):
+        StarNet(300, precision="bf16")
+    # a bf16 run is its own cached run, and it trains
+    src = _fake_source()
+    split = starnet_split(src, seed=0)
+    cfg = dict(epochs=2, batch_size=16, step_size=2, seed=1)
+    run32 = train_starnet(src, split, "apogee", "true", TrainConfig(**cfg), progress=False)
+    run16 = train_starnet(src, split, "apogee", "true", TrainConfig(**cfg, precision="bf16-fc"),
+                          progress=False)
+    assert run16.path != run32.path and run16.meta["config"]["precision"] == "bf16-fc"
+    assert run16.history["train_loss"].iloc[-1] < run16.history["train_loss"].iloc[0]
+    assert np.allclose(run16.history["val_loss"], run32.history["val_loss"], rtol=0.2)
+
+
 def test_centred_input_scaling_is_saved_and_maps_missing_pixels_to_zero(cache):
     src = _fake_source()
     split = starnet_split(src, seed=0)
@@ -434,7 +510,7 @@ def test_chapter_setup_names_bad_parameters(cache):
                 split_seed=0, epochs=1, batch_size=64, lr=1e-3, step_size=5, gamma=0.1, seed=0,
                 n_boot=10)
     for name, bad in (("epochs", 0), ("n_boot", 1), ("split_seed", -1), ("lr", 0.0),
-                      ("batch_size", 0)):
+                      ("batch_size", 0), ("threads", 0)):
         with pytest.raises(ValueError, match=name):
             chapter_setup(**{**good, name: bad})
     with pytest.raises(FileNotFoundError, match="apogee_cache"):

@@ -26,12 +26,12 @@ from .evaluate import (ESSAY_RMSE, RidgeBaseline, bootstrap_rmse, calibration, f
 from .infer import Prediction, embed, predict
 from .labels import (LABEL_KINDS, LABEL_NAMES, LABEL_UNITS, STARNET_ELEMENTS, LabelScaler,
                      aspcap_labels, label_display, true_labels)
-from .model import StarNet, pooled_length, reference_sequential
+from .model import PRECISIONS, StarNet, pooled_length, reference_sequential
 from .split import (PARTS, SPLIT_RATIOS, SplitOverlapError, StarSplit, load_split, make_split,
                     split_path, starnet_split)
 from .train import (ESSAY_CONFIG, MODEL_VERSION, StarNetRun, TrainConfig, centred_rms,
                     fast_allocation, load_run, pretrained_encoders, progress_enabled,
-                    starnet_loss, train_epoch, train_starnet)
+                    starnet_loss, torch_threads, train_epoch, train_starnet)
 
 __all__ = [
     "ChapterSetup", "chapter_setup",
@@ -42,11 +42,11 @@ __all__ = [
     "Prediction", "embed", "predict",
     "LABEL_KINDS", "LABEL_NAMES", "LABEL_UNITS", "STARNET_ELEMENTS", "LabelScaler",
     "aspcap_labels", "label_display", "true_labels",
-    "StarNet", "pooled_length", "reference_sequential",
+    "PRECISIONS", "StarNet", "pooled_length", "reference_sequential",
     "PARTS", "SPLIT_RATIOS", "SplitOverlapError", "StarSplit", "load_split", "make_split",
     "split_path", "starnet_split",
     "ESSAY_CONFIG", "MODEL_VERSION", "StarNetRun", "TrainConfig", "centred_rms",
     "fast_allocation", "load_run",
     "pretrained_encoders",
-    "progress_enabled", "starnet_loss", "train_epoch", "train_starnet",
+    "progress_enabled", "starnet_loss", "torch_threads", "train_epoch", "train_starnet",
 ]

@@ -36,14 +36,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["KERNEL", "POOL", "DEFAULT_CHUNK", "StarNet", "pooled_length", "reference_sequential"]
+__all__ = ["KERNEL", "POOL", "CHUNK_PER_THREAD", "PRECISIONS", "StarNet", "pooled_length",
+           "reference_sequential"]
 
-#: Spectra the fast convolution block processes at once (its arrays then stay in cache).
-DEFAULT_CHUNK = 16
+#: Spectra per torch thread that the fast convolution block processes at once (its arrays
+#: then stay in cache): 16 with two threads, 8 with one (measured in
+#: ``benchmarks/README_starnet.md``; the chunking changes no number beyond float rounding).
+CHUNK_PER_THREAD = 8
 #: Kernel width of both convolutions and the max-pool width (the essay's values).
 KERNEL = 8
 POOL = 4
 _C1, _C2 = 4, 16
+#: Arithmetic of the training steps: all float32 (default), or the fully connected layers
+#: under bfloat16 autocast (an opt-in; see :class:`StarNet`).
+PRECISIONS = ("float32", "bf16-fc")
 
 
 def pooled_length(n_pixels: int) -> int:
@@ -57,6 +63,11 @@ def pooled_length(n_pixels: int) -> int:
 def _channels_last(t: torch.Tensor, n: int, length: int, channels: int) -> torch.Tensor:
     """(n, length, channels) position-major memory as an NCHW channels-last (n, channels, 1, length) view."""
     return t.view(n, 1, length, channels).permute(0, 3, 1, 2)
+
+
+def _unbf16(t: torch.Tensor) -> torch.Tensor:
+    """A bfloat16 output of the autocast layers back to float32 (any other dtype as it is)."""
+    return t.float() if t.dtype == torch.bfloat16 else t
 
 
 def _elu_grad(grad: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
@@ -190,6 +201,11 @@ class StarNet(nn.Module):
         Outputs (20: Teff, logg and 18 [X/H]).
     impl : {'fast', 'reference'}
         Implementation of the convolutional block (same function, see the module doc).
+    precision : {'float32', 'bf16-fc'}
+        'bf16-fc': in training mode the fully connected layers (``fc1``-``fc3``, ``logvar``)
+        run under ``torch.autocast('cpu', torch.bfloat16)`` (bfloat16 products on float32
+        master weights; the convolution block and the loss stay float32). In evaluation
+        mode every layer is float32 whatever the setting. Default 'float32'.
 
     Attributes
     ----------
@@ -199,19 +215,26 @@ class StarNet(nn.Module):
         16 L -> 256, 256 -> 128, 128 -> n_labels (L = :func:`pooled_length`).
     logvar : torch.nn.Linear
         128 -> n_labels: log variance of each standardised label.
+    chunk : int or None
+        Spectra the fast block processes at once; None (default): :data:`CHUNK_PER_THREAD`
+        times torch's intra-op threads.
     """
 
-    def __init__(self, n_pixels: int, n_labels: int = 20, impl: str = "fast"):
+    def __init__(self, n_pixels: int, n_labels: int = 20, impl: str = "fast",
+                 precision: str = "float32"):
         super().__init__()
         if isinstance(n_pixels, bool) or int(n_pixels) != n_pixels or pooled_length(n_pixels) < 1:
             raise ValueError(f"n_pixels must be an integer >= {2 * (KERNEL - 1) + POOL}, "
                              f"got {n_pixels!r}")
         if impl not in ("fast", "reference"):
             raise ValueError(f"impl must be 'fast' or 'reference', got {impl!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.precision = precision
         self.n_pixels = int(n_pixels)
         self.n_labels = int(n_labels)
         self.impl = impl
-        self.chunk = DEFAULT_CHUNK
+        self.chunk = None
         self.conv1 = nn.Conv1d(1, _C1, KERNEL)
         self.conv2 = nn.Conv1d(_C1, _C2, KERNEL)
         self.fc1 = nn.Linear(_C2 * pooled_length(n_pixels), 256)
@@ -241,17 +264,29 @@ class StarNet(nn.Module):
         x = (x - self.input_mean) * self.input_scale
         args = (x, self.conv1.weight, self.conv1.bias, self.conv2.weight, self.conv2.bias)
         if self.impl == "fast":
-            return _ConvBlock.apply(*args, self.chunk)
+            chunk = self.chunk or CHUNK_PER_THREAD * torch.get_num_threads()
+            return _ConvBlock.apply(*args, chunk)
         return _reference_block(*args)
+
+    def _fc_autocast(self):
+        """bfloat16 autocast of the fully connected layers, on only when training in 'bf16-fc'."""
+        return torch.autocast("cpu", dtype=torch.bfloat16,
+                              enabled=self.training and self.precision == "bf16-fc")
+
+    def _hidden(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.features(x)
+        with self._fc_autocast():
+            return F.elu(self.fc2(F.elu(self.fc1(f))))
 
     def hidden(self, x: torch.Tensor) -> torch.Tensor:
         """The 128-unit layer (after its ELU), shape (n, 128)."""
-        h = F.elu(self.fc1(self.features(x)))
-        return F.elu(self.fc2(h))
+        return _unbf16(self._hidden(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Standardised labels (the essay's 20 outputs), shape (n, n_labels)."""
-        return self.fc3(self.hidden(x))
+        h = self._hidden(x)
+        with self._fc_autocast():
+            return _unbf16(self.fc3(h))
 
     def predict_with_logvar(self, x: torch.Tensor) -> tuple:
         """Standardised labels and their log variances, each (n, n_labels).
@@ -259,8 +294,9 @@ class StarNet(nn.Module):
         The variance head sees the 128 units detached: it learns the size of the mean
         head's errors without changing the network that makes them.
         """
-        h = self.hidden(x)
-        return self.fc3(h), self.logvar(h.detach())
+        h = self._hidden(x)
+        with self._fc_autocast():
+            return _unbf16(self.fc3(h)), _unbf16(self.logvar(h.detach()))
 
     def reference_state_dict(self) -> dict:
         """The weights for :func:`reference_sequential` (fc1 columns made channel-major).

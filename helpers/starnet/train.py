@@ -36,12 +36,12 @@ from helpers.progress import progress_enabled   # re-exported: helpers.starnet.p
 
 from .data import SpectraSet, StarnetSource, starnet_data
 from .labels import LABEL_KINDS, LABEL_NAMES, LabelScaler
-from .model import StarNet
+from .model import PRECISIONS, StarNet
 from .split import StarSplit
 
 __all__ = ["MODEL_VERSION", "ESSAY_CONFIG", "TrainConfig", "StarNetRun", "train_starnet", "load_run",
            "pretrained_encoders", "fast_allocation", "progress_enabled", "starnet_loss",
-           "train_epoch", "centred_rms"]
+           "torch_threads", "train_epoch", "centred_rms"]
 
 #: Bump when the model or the training code changes what a run computes (enters the key).
 MODEL_VERSION = "2"
@@ -75,6 +75,18 @@ class TrainConfig:
         divided by one number, the RMS of that difference over the training stars' observed
         pixels (a missing pixel, filled with the mean, becomes exactly 0); 'none': the
         flux as it is (the essay).
+    precision : {'float32', 'bf16-fc'}
+        Arithmetic of the training steps: 'float32' (default), or 'bf16-fc', the fully
+        connected layers under bfloat16 autocast (about 1.2x faster per step on a CPU with
+        avx512_bf16; an opt-in whose effect on the test-split RMSE is measured in
+        ``benchmarks/README_starnet.md``). Predictions are float32 either way. Enters the
+        run's key only when not 'float32', so runs cached before the field existed keep
+        their keys.
+    threads : int or None
+        torch's intra-op threads during the training (restored after); None (default):
+        torch's current setting, one per core unless changed. One thread is faster when
+        other jobs share the cores. Changes no number beyond float rounding, so it is
+        **not** part of the run's key (:meth:`key_dict`).
     """
 
     epochs: int = 5
@@ -85,6 +97,8 @@ class TrainConfig:
     gamma: float = 0.1
     seed: int = 0
     input_scaling: str = "centred"
+    precision: str = "float32"
+    threads: int | None = None
 
     def __post_init__(self):
         for name, low in (("epochs", 1), ("batch_size", 1), ("step_size", 1), ("seed", 0)):
@@ -104,10 +118,28 @@ class TrainConfig:
         if not (np.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay!r}")
         object.__setattr__(self, "weight_decay", float(self.weight_decay))
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"TrainConfig.precision must be one of {PRECISIONS}, got "
+                             f"{self.precision!r}")
+        t = self.threads
+        if t is not None:
+            if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t < 1:
+                raise ValueError(f"TrainConfig.threads must be None or an integer >= 1, "
+                                 f"got {t!r}")
+            object.__setattr__(self, "threads", int(t))
 
     def to_dict(self) -> dict:
-        """Plain dict (enters the run's key)."""
+        """Plain dict of every field (recorded in the run's ``meta.json``)."""
         return dataclasses.asdict(self)
+
+    def key_dict(self) -> dict:
+        """The fields that enter the run's key: all but ``threads`` (no effect on the
+        numbers beyond float rounding), and ``precision`` only when not 'float32'."""
+        d = self.to_dict()
+        del d["threads"]
+        if d["precision"] == "float32":
+            del d["precision"]
+        return d
 
 
 #: The essay's recipe: 15 epochs, StepLR every 5, the flux fed as it is.
@@ -141,6 +173,23 @@ def fast_allocation():
         mallopt(m_mmap_max, 65536)
         mallopt(m_trim_threshold, 128 * 1024)
         trim(0)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Run the block with ``n`` torch intra-op threads (None: leave the setting alone).
+
+    Book: {ref}`sec-starnet-training`
+
+    The previous setting is restored on exit.
+    """
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass
@@ -220,7 +269,7 @@ def _run_key(source: StarnetSource, split: StarSplit, modality: str, labels: str
              data_path: Path, config: TrainConfig) -> str:
     blob = json.dumps({"format": _FORMAT, "version": MODEL_VERSION, "torch": torch.__version__,
                        "source": source.key, "split": split.key, "modality": modality,
-                       "labels": labels, "data": data_path.name, "config": config.to_dict()},
+                       "labels": labels, "data": data_path.name, "config": config.key_dict()},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -396,7 +445,7 @@ def train_starnet(source: StarnetSource, split: StarSplit, modality: str = "apog
                          "spectra")
 
     torch.manual_seed(config.seed)
-    model = StarNet(train.n_pixels, len(LABEL_NAMES))
+    model = StarNet(train.n_pixels, len(LABEL_NAMES), precision=config.precision)
     if config.input_scaling == "centred":
         model.set_input_scaling(train.fill, 1.0 / centred_rms(train))
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
@@ -412,7 +461,8 @@ def train_starnet(source: StarnetSource, split: StarSplit, modality: str = "apog
         bar = tqdm(total=config.epochs * n_batches, desc=f"StarNet {modality}/{labels}",
                    unit="batch")
     t_start = time.perf_counter()
-    with fast_allocation():
+    with fast_allocation(), torch_threads(config.threads):
+        n_threads = torch.get_num_threads()
         for epoch in range(config.epochs):
             t0 = time.perf_counter()
             lr = opt.param_groups[0]["lr"]
@@ -447,7 +497,7 @@ def train_starnet(source: StarnetSource, split: StarSplit, modality: str = "apog
                      "wmax": float(wave[-1])},
             "sizes": {p: len(d) for p, d in data.items()},
             "sigma_scale": sigma_scale.tolist(), "train_seconds": t_train,
-            "n_threads": torch.get_num_threads(), "history": history}
+            "n_threads": n_threads, "history": history}
     tmp = folder.parent / f".{key}.building-{os.getpid()}-{secrets.token_hex(4)}"
     tmp.mkdir(parents=True)
     try:
