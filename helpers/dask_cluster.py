@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import logging
 import os
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -51,7 +52,13 @@ def connect(scheduler=None, *, n_workers: int = 2, threads_per_worker: int = 1,
     dashboard_address : str or None
         Where the local cluster serves its dashboard (``":0"``: a free port; None: none).
     **cluster_kwargs
-        Passed to :class:`distributed.LocalCluster` (e.g. ``memory_limit``).
+        Passed to :class:`distributed.LocalCluster` (e.g. ``memory_limit``). Its
+        ``silence_logs`` defaults here to ``logging.ERROR`` (Dask's own default prints
+        warnings): the worker processes write to the notebook's standard error, and a local
+        cluster closed while a worker still runs a task it no longer needs logs a warning
+        for it (expected at shutdown, dask/distributed#8082), which would land in the
+        page's output and fail the book's build. Errors are still printed; pass
+        ``silence_logs=logging.WARNING`` to see the warnings.
 
     Returns
     -------
@@ -71,6 +78,7 @@ def connect(scheduler=None, *, n_workers: int = 2, threads_per_worker: int = 1,
     if scheduler is None or scheduler == "local":
         if int(n_workers) != n_workers or n_workers < 1:
             raise ValueError(f"n_workers must be a positive integer, got {n_workers!r}")
+        cluster_kwargs.setdefault("silence_logs", logging.ERROR)
         cluster = LocalCluster(n_workers=int(n_workers), threads_per_worker=int(threads_per_worker),
                                dashboard_address=dashboard_address, **cluster_kwargs)
         client = Client(cluster)

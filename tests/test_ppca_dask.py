@@ -4,6 +4,7 @@ The distributed driver must give the single-machine engine's numbers on the same
 and chunks: subspace angle <= 0.01 deg and noise variance to 1e-6 relative (measured here
 at about 1e-6 deg and 1e-8).
 """
+import logging
 import shutil
 import subprocess
 import sys
@@ -186,3 +187,27 @@ def test_worker_without_the_shared_disk(tmp_path):
             blind.terminate()
             blind.wait(timeout=30)
         cluster.close()
+
+
+def _worker_logs(text):
+    """Run on a worker: log one warning and one error from the worker's state machine."""
+    log = logging.getLogger("distributed.worker.state_machine")
+    log.warning("%s: a warning", text)
+    log.error("%s: an error", text)
+    return True
+
+
+@pytest.mark.parametrize("level, shown", [(None, ("an error",)),
+                                          (logging.WARNING, ("a warning", "an error"))])
+def test_local_workers_print_errors_not_warnings(capfd, level, shown):
+    """A local cluster's worker processes write to this process's standard error (a notebook's
+    output): by default connect() lets their errors through and keeps their warnings (such as
+    the one for a task cancelled when the cluster closes, which failed the book's build) out."""
+    kw = {} if level is None else {"silence_logs": level}
+    with connect(None, n_workers=1, dashboard_address=None, **kw) as client:
+        assert client.run(_worker_logs, f"marker-{level}")
+        time.sleep(0.5)
+        client.cluster.close()
+    err = capfd.readouterr().err
+    for what in ("a warning", "an error"):
+        assert (f"marker-{level}: {what}" in err) == (what in shown), err[-2000:]
