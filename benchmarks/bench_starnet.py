@@ -10,13 +10,16 @@ Writes ``benchmarks/results/starnet.json``. Usage::
 What it measures, all in one process so that ratios are fair:
 
 1. the machine's float32 matrix-product throughput (a 4096 x 4096 GEMM);
-2. per-batch time of five variants, interleaved over rounds (median per batch, and per phase:
-   reading the batch, forward, backward, optimiser): the straightforward loop (``torch.nn``
-   layers with oneDNN convolutions on (N, C, L) tensors, ELU before the pool, for-each
-   AdamW, the system allocator); the same with fused AdamW and
-   :func:`helpers.starnet.fast_allocation`; the book's StarNet (its channels-last
-   convolution block as well); the book's with one torch thread; the book's with its
-   fully connected layers under bfloat16 autocast (speed only, not adopted);
+2. per-batch time of seven variants, interleaved over rounds (median per batch, wall clock
+   and this process's CPU time, and per phase: reading the batch, forward, backward,
+   optimiser): the straightforward loop (``torch.nn`` layers with oneDNN convolutions on
+   (N, C, L) tensors, ELU before the pool, for-each AdamW, the system allocator); the same
+   with fused AdamW and :func:`helpers.starnet.fast_allocation`; the book's StarNet (its
+   channels-last convolution block as well); the book's with one torch thread (its block
+   then works on 8 spectra at a time), and with one thread but the 16-spectrum chunks of two
+   threads; the book's with its fully connected layers in bfloat16
+   (``TrainConfig(precision='bf16-fc')``, an opt-in: its accuracy is measured by
+   ``bench_starnet_bf16.py``), with the default threads and with one;
 3. one full training epoch of the book's code (:func:`helpers.starnet.train_epoch`) over the
    training part of the StarNet split, APOGEE and NIRSpec: ``epoch_s`` and
    ``spectra_per_s``; the useful floating-point work of a step (dense convolutions, as
@@ -38,11 +41,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from helpers.starnet import (LabelScaler, StarNet, centred_rms, fast_allocation, pooled_length,
                              reference_sequential, source_from_survey, starnet_data,
-                             starnet_source, starnet_split, train_epoch)
+                             starnet_source, starnet_split, torch_threads, train_epoch)
 from helpers.survey import load_survey
 from machine import gemm_gflops, load   # benchmarks/machine.py
 
@@ -79,31 +81,29 @@ class PlainStarNet(nn.Module):
         return self.fc3(h), self.logvar(h.detach())
 
 
-def bf16_predict(model, x):
-    """The book's StarNet with its fully connected layers under bfloat16 autocast (a variant
-    measured for speed only: not the book's default, see README_starnet.md)."""
-    f = model.features(x)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        h = F.elu(model.fc2(F.elu(model.fc1(f))))
-        mu, logvar = model.fc3(h), model.logvar(h.detach())
-    return mu.float(), logvar.float()
+def book_model(n_pix: int, chunk: int | None = None, precision: str = "float32") -> StarNet:
+    """The book's StarNet; ``chunk``: spectra per block call (None: the default per thread)."""
+    m = StarNet(n_pix, precision=precision)
+    m.chunk = chunk
+    return m
 
 
 PHASES = ("data", "forward", "backward", "optimizer")
 
 
 def time_batches(model, fused: bool, heap: bool, data, y, w, batches: int, batch: int,
-                 seed: int = 0, threads: int | None = None, predict=None) -> dict:
+                 seed: int = 0, threads: int | None = None) -> dict:
     """Median seconds per training batch of ``model`` over ``batches`` batches, and per phase.
 
-    ``threads``: torch threads during the timing (restored after); ``predict``: a function
-    (model, x) -> (mu, logvar) instead of ``model.predict_with_logvar``.
+    ``threads``: torch threads during the timing (restored after). ``cpu``: the median CPU
+    time of this process per batch (with one thread, the work done, little moved by other
+    jobs; with two, it includes the threads' waits for each other).
     """
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=fused,
                             foreach=None if fused else True)
-    predict = predict or (lambda m, x: m.predict_with_logvar(x))
+    model.train()
     rng = np.random.default_rng(seed)
-    times = {k: [] for k in ("total",) + PHASES}
+    times = {k: [] for k in ("total", "cpu") + PHASES}
     ctx = fast_allocation() if heap else _null()
     before = torch.get_num_threads()
     if threads is not None:
@@ -112,10 +112,11 @@ def time_batches(model, fused: bool, heap: bool, data, y, w, batches: int, batch
         with ctx:
             for b in range(batches + 2):
                 idx = np.sort(rng.choice(len(data), batch, replace=False))
+                c0 = time.process_time()
                 t0 = time.perf_counter()
                 x = torch.from_numpy(data.rows(idx))
                 t1 = time.perf_counter()
-                mu, logvar = predict(model, x)
+                mu, logvar = model.predict_with_logvar(x)
                 loss = ((mu - y[idx]) ** 2 * w[idx]).mean() + \
                     (0.5 * (logvar + (y[idx] - mu.detach()) ** 2 * torch.exp(-logvar))).mean()
                 t2 = time.perf_counter()
@@ -124,8 +125,10 @@ def time_batches(model, fused: bool, heap: bool, data, y, w, batches: int, batch
                 t3 = time.perf_counter()
                 opt.step()
                 t4 = time.perf_counter()
+                c4 = time.process_time()
                 if b >= 2:
-                    for k, v in zip(times, (t4 - t0, t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                    for k, v in zip(times, (t4 - t0, c4 - c0, t1 - t0, t2 - t1, t3 - t2,
+                                            t4 - t3)):
                         times[k].append(v)
     finally:
         torch.set_num_threads(before)
@@ -154,6 +157,8 @@ def main(argv=None) -> int:
                    help="modalities to time a full epoch of (default: all of the source's)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: torch's choice, one per core)")
+    p.add_argument("--epoch-threads", type=int, default=None,
+                   help="torch threads of the full epochs (default: as --threads)")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     if args.threads is not None:
@@ -183,31 +188,38 @@ def main(argv=None) -> int:
     n_pix = train.n_pixels
     fl_batch = flops_per_spectrum(n_pix) * args.batch_size
     book = "book (channels-last block + fused AdamW + heap reuse)"
-    variants = {  # name: (model, fused AdamW, heap reuse, threads, predict)
-        "plain": (lambda: PlainStarNet(n_pix), False, False, None, None),
-        "plain + fused AdamW + heap reuse": (lambda: PlainStarNet(n_pix), True, True, None, None),
-        book: (lambda: StarNet(n_pix), True, True, None, None),
-        "book, one thread": (lambda: StarNet(n_pix), True, True, 1, None),
-        "book, fully connected layers in bfloat16 (autocast; not adopted)":
-            (lambda: StarNet(n_pix), True, True, None, bf16_predict),
+    book1 = "book, one thread (chunks of 8 spectra)"
+    variants = {  # name: (model, fused AdamW, heap reuse, threads)
+        "plain": (lambda: PlainStarNet(n_pix), False, False, None),
+        "plain + fused AdamW + heap reuse": (lambda: PlainStarNet(n_pix), True, True, None),
+        book: (lambda: book_model(n_pix), True, True, None),
+        book1: (lambda: book_model(n_pix), True, True, 1),
+        "book, one thread, chunks of 16 (two threads' size)":
+            (lambda: book_model(n_pix, chunk=16), True, True, 1),
+        "book, FC layers in bfloat16 (opt-in precision='bf16-fc')":
+            (lambda: book_model(n_pix, precision="bf16-fc"), True, True, None),
+        "book, FC layers in bfloat16, one thread":
+            (lambda: book_model(n_pix, precision="bf16-fc"), True, True, 1),
     }
     per_batch = {k: [] for k in variants}
     phases = {k: [] for k in variants}
     loads = []
     for r in range(args.rounds):
-        for name, (make, fused, heap, threads, predict) in variants.items():
+        for name, (make, fused, heap, threads) in variants.items():
             torch.manual_seed(0)
             t = time_batches(make(), fused, heap, train, y, w, args.batches, args.batch_size,
-                             seed=r, threads=threads, predict=predict)
+                             seed=r, threads=threads)
             per_batch[name].append(t["total"])
             phases[name].append(t)
             loads.append(load())
-            print(f"round {r}: {name}: {t['total'] * 1e3:.1f} ms/batch ("
+            print(f"round {r}: {name}: {t['total'] * 1e3:.1f} ms/batch, CPU "
+                  f"{t['cpu'] * 1e3:.1f} ms ("
                   + ", ".join(f"{k} {t[k] * 1e3:.1f}" for k in PHASES)
                   + f") load {loads[-1]}", flush=True)
     n_train = len(train)
     res["variants"] = {k: {"ms_per_batch": [round(1e3 * s, 1) for s in v],
                            "median_ms_per_batch": round(1e3 * float(np.median(v)), 1),
+                           "cpu_ms_per_batch": [round(1e3 * t["cpu"], 1) for t in phases[k]],
                            "median_phase_ms": {ph: round(1e3 * float(np.median(
                                [t[ph] for t in phases[k]])), 1) for ph in PHASES},
                            "projected_epoch_s": round(float(np.median(v)) * n_train
@@ -224,6 +236,12 @@ def main(argv=None) -> int:
     # per round, so that a change of load between rounds cancels
     res["book_ratio_per_round"] = {k: [round(a / b, 2) for a, b in zip(v, per_batch[book])]
                                    for k, v in per_batch.items() if k != book}
+    # one thread: the same step in chunks of 8 against 16, by wall clock and by CPU time
+    res["one_thread_chunk8_over_chunk16_per_round"] = {
+        "wall": [round(a / b, 3) for a, b in zip(per_batch[book1], per_batch[
+            "book, one thread, chunks of 16 (two threads' size)"])],
+        "cpu": [round(a["cpu"] / b["cpu"], 3) for a, b in zip(phases[book1], phases[
+            "book, one thread, chunks of 16 (two threads' size)"])]}
     res["variant_loads"] = loads
 
     # 3. full epochs with the book's code
@@ -241,7 +259,8 @@ def main(argv=None) -> int:
             ids_pos = {i: k for k, i in enumerate(split.train)}
             order = np.array([ids_pos[i] for i in tr.ids])
             la = load()
-            with fast_allocation():
+            with fast_allocation(), torch_threads(args.epoch_threads):
+                threads_used = torch.get_num_threads()
                 t = time.perf_counter()
                 train_epoch(model, opt, tr, y[order], w[order], args.batch_size, gen)
                 epoch_s = time.perf_counter() - t
@@ -261,6 +280,7 @@ def main(argv=None) -> int:
                                   "gflop_per_spectrum": round(fl / 1e9, 4),
                                   "achieved_gflops": round(rate, 1),
                                   "fraction_of_gemm": round(rate / gemm, 3),
+                                  "threads": threads_used,
                                   "load_before": la, "load_after": load()}
             print(f"{mod}: one epoch over {len(tr):,} spectra in {epoch_s:.1f} s "
                   f"({n_used / epoch_s:.0f} spectra/s, {rate:.0f} GFLOP/s = "
