@@ -135,6 +135,50 @@ def time_batches(model, fused: bool, heap: bool, data, y, w, batches: int, batch
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
+def profile_step(n_pix: int, data, y, w, batch: int, steps: int, threads: int,
+                 top: int = 14) -> dict:
+    """Per-operator self CPU time of the book's training step (torch.profiler), ms per step.
+
+    The operators with the largest self time, their share of the step's total, and the load
+    average at the start and end.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    model = book_model(n_pix)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+    rng = np.random.default_rng(0)
+
+    def step():
+        idx = np.sort(rng.choice(len(data), batch, replace=False))
+        mu, logvar = model.predict_with_logvar(torch.from_numpy(data.rows(idx)))
+        loss = ((mu - y[idx]) ** 2 * w[idx]).mean() + \
+            (0.5 * (logvar + (y[idx] - mu.detach()) ** 2 * torch.exp(-logvar))).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    la = load()
+    with fast_allocation(), torch_threads(threads):
+        for _ in range(2):
+            step()
+        t0 = time.perf_counter()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                step()
+        wall = (time.perf_counter() - t0) / steps
+    ev = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in ev)
+    ev.sort(key=lambda e: -e.self_cpu_time_total)
+    out = {"ms_per_step_profiled": round(1e3 * wall, 1), "load_before": la, "load_after": load(),
+           "self_ms_per_step": {e.key: round(e.self_cpu_time_total / 1e3 / steps, 2)
+                                for e in ev[:top]},
+           "self_share": {e.key: round(e.self_cpu_time_total / total, 3) for e in ev[:top]}}
+    print(f"profile, {threads} thread(s): {out['ms_per_step_profiled']} ms/step; "
+          + ", ".join(f"{k} {v:.0%}" for k, v in list(out["self_share"].items())[:8]), flush=True)
+    return out
+
+
 class _null:
     def __enter__(self):
         return self
@@ -153,6 +197,9 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the variants")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--no-epoch", action="store_true", help="skip the full epochs")
+    p.add_argument("--profile-steps", type=int, default=5,
+                   help="steps of the book's loop under torch.profiler, with one and with two "
+                        "threads (0: no profile)")
     p.add_argument("--epoch-modalities", nargs="+", default=None,
                    help="modalities to time a full epoch of (default: all of the source's)")
     p.add_argument("--threads", type=int, default=None,
@@ -243,6 +290,11 @@ def main(argv=None) -> int:
         "cpu": [round(a["cpu"] / b["cpu"], 3) for a, b in zip(phases[book1], phases[
             "book, one thread, chunks of 16 (two threads' size)"])]}
     res["variant_loads"] = loads
+
+    # 2b. where a step of the book's loop goes: per-op self time, one and two threads
+    if args.profile_steps > 0:
+        res["profile"] = {f"{t} thread{'s' * (t > 1)}": profile_step(
+            n_pix, train, y, w, args.batch_size, args.profile_steps, t) for t in (1, 2)}
 
     # 3. full epochs with the book's code
     if not args.no_epoch:
