@@ -10,20 +10,23 @@ Writes ``benchmarks/results/starnet.json``. Usage::
 What it measures, all in one process so that ratios are fair:
 
 1. the machine's float32 matrix-product throughput (a 4096 x 4096 GEMM);
-2. per-batch time of seven variants, interleaved over rounds (median per batch, wall clock
+2. per-batch time of eight variants, interleaved over rounds (median per batch, wall clock
    and this process's CPU time, and per phase: reading the batch, forward, backward,
    optimiser): the straightforward loop (``torch.nn`` layers with oneDNN convolutions on
    (N, C, L) tensors, ELU before the pool, for-each AdamW, the system allocator); the same
    with fused AdamW and :func:`helpers.starnet.fast_allocation`; the book's StarNet (its
-   channels-last convolution block as well); the book's with one torch thread (its block
+   channels-last convolution block as well), and the same in chunks of 8 spectra (the
+   one-thread size); the book's with one torch thread (its block
    then works on 8 spectra at a time), and with one thread but the 16-spectrum chunks of two
    threads; the book's with its fully connected layers in bfloat16
    (``TrainConfig(precision='bf16-fc')``, an opt-in: its accuracy is measured by
    ``bench_starnet_bf16.py``), with the default threads and with one;
-3. one full training epoch of the book's code (:func:`helpers.starnet.train_epoch`) over the
-   training part of the StarNet split, APOGEE and NIRSpec: ``epoch_s`` and
-   ``spectra_per_s``; the useful floating-point work of a step (dense convolutions, as
-   PyTorch's layers compute them) divided by the time, as a fraction of the GEMM rate.
+3. a torch.profiler table of the book's step (per-operator self time, one and two threads);
+4. one full training epoch of the book's code (:func:`helpers.starnet.train_epoch`) over the
+   training part of the StarNet split, APOGEE and NIRSpec (``--bf16-epoch``: also APOGEE in
+   bf16-fc): ``epoch_s`` and ``spectra_per_s``; the useful floating-point work of a step
+   (dense convolutions, as PyTorch's layers compute them) divided by the time, as a
+   fraction of the GEMM rate.
 
 The load average (``os.getloadavg``) is recorded with every timing: the machine is shared.
 """
@@ -204,6 +207,8 @@ def main(argv=None) -> int:
                    help="modalities to time a full epoch of (default: all of the source's)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: torch's choice, one per core)")
+    p.add_argument("--bf16-epoch", action="store_true",
+                   help="also one APOGEE epoch with TrainConfig(precision='bf16-fc')")
     p.add_argument("--epoch-threads", type=int, default=None,
                    help="torch threads of the full epochs (default: as --threads)")
     p.add_argument("--out", type=Path, default=RESULTS)
@@ -240,6 +245,8 @@ def main(argv=None) -> int:
         "plain": (lambda: PlainStarNet(n_pix), False, False, None),
         "plain + fused AdamW + heap reuse": (lambda: PlainStarNet(n_pix), True, True, None),
         book: (lambda: book_model(n_pix), True, True, None),
+        "book, chunks of 8 spectra (one thread's size)":
+            (lambda: book_model(n_pix, chunk=8), True, True, None),
         book1: (lambda: book_model(n_pix), True, True, 1),
         "book, one thread, chunks of 16 (two threads' size)":
             (lambda: book_model(n_pix, chunk=16), True, True, 1),
@@ -299,12 +306,15 @@ def main(argv=None) -> int:
     # 3. full epochs with the book's code
     if not args.no_epoch:
         res["epochs"] = {}
-        for mod, sets in data.items():
-            if args.epoch_modalities is not None and mod not in args.epoch_modalities:
-                continue
+        runs = [(mod, "float32") for mod in data
+                if args.epoch_modalities is None or mod in args.epoch_modalities]
+        if args.bf16_epoch:
+            runs.append(("apogee", "bf16-fc"))
+        for mod, precision in runs:
+            sets = data[mod]
             tr = sets["train"]
             torch.manual_seed(0)
-            model = StarNet(tr.n_pixels)
+            model = StarNet(tr.n_pixels, precision=precision)
             model.set_input_scaling(tr.fill, 1.0 / centred_rms(tr))   # as train_starnet
             opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
             gen = torch.Generator().manual_seed(0)
@@ -316,6 +326,7 @@ def main(argv=None) -> int:
                 t = time.perf_counter()
                 train_epoch(model, opt, tr, y[order], w[order], args.batch_size, gen)
                 epoch_s = time.perf_counter() - t
+                model.eval()
                 t = time.perf_counter()
                 with torch.inference_mode():
                     for s in range(0, len(sets["val"]), 1024):
@@ -325,21 +336,26 @@ def main(argv=None) -> int:
             fl = flops_per_spectrum(tr.n_pixels)
             n_used = (len(tr) // args.batch_size) * args.batch_size
             rate = fl * n_used / epoch_s / 1e9
-            res["epochs"][mod] = {"n_spectra": len(tr), "n_pixels": tr.n_pixels,
-                                  "epoch_s": round(epoch_s, 2),
-                                  "spectra_per_s": round(n_used / epoch_s, 1),
-                                  "validation_pass_s": round(val_s, 2),
-                                  "gflop_per_spectrum": round(fl / 1e9, 4),
-                                  "achieved_gflops": round(rate, 1),
-                                  "fraction_of_gemm": round(rate / gemm, 3),
-                                  "threads": threads_used,
-                                  "load_before": la, "load_after": load()}
-            print(f"{mod}: one epoch over {len(tr):,} spectra in {epoch_s:.1f} s "
+            name = mod if precision == "float32" else f"{mod}, {precision}"
+            res["epochs"][name] = {"n_spectra": len(tr), "n_pixels": tr.n_pixels,
+                                   "precision": precision,
+                                   "epoch_s": round(epoch_s, 2),
+                                   "spectra_per_s": round(n_used / epoch_s, 1),
+                                   "validation_pass_s": round(val_s, 2),
+                                   "gflop_per_spectrum": round(fl / 1e9, 4),
+                                   "achieved_gflops": round(rate, 1),
+                                   "fraction_of_gemm": round(rate / gemm, 3),
+                                   "threads": threads_used,
+                                   "load_before": la, "load_after": load()}
+            print(f"{name}: one epoch over {len(tr):,} spectra in {epoch_s:.1f} s "
                   f"({n_used / epoch_s:.0f} spectra/s, {rate:.0f} GFLOP/s = "
-                  f"{rate / gemm:.0%} of GEMM; load {la} -> {load()})")
-        apo = res["epochs"]["apogee"]
-        res.update({"epoch_s": apo["epoch_s"], "spectra_per_s": apo["spectra_per_s"],
-                    "fraction_of_gemm": apo["fraction_of_gemm"]})
+                  f"{rate / gemm:.0%} of GEMM; load {la} -> {load()})", flush=True)
+        if "apogee" in res["epochs"]:
+            apo = res["epochs"]["apogee"]
+            res.update({"epoch_s": apo["epoch_s"], "spectra_per_s": apo["spectra_per_s"],
+                        "fraction_of_gemm": apo["fraction_of_gemm"]})
+        if "apogee, bf16-fc" in res["epochs"]:
+            res["epoch_s_bf16_fc"] = res["epochs"]["apogee, bf16-fc"]["epoch_s"]
     res["load_end"] = load()
     res["total_s"] = round(time.perf_counter() - t0, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
