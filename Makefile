@@ -10,11 +10,15 @@ EXECUTED := tests/_executed
 
 ## setup: create .venv and install the book with every extra (pyproject.toml is the one dependency list)
 # pip installs without compiling (pip runs on one core); compileall then writes the same .pyc
-# files (15,545 here, checked) with one process per core. Like pip, it skips the few files
+# files (checked: as many as pip's own compile step writes) with one process per core. Like pip, it skips the few files
 # this Python cannot compile (torch ships a test file written for Python 3.12), hence -qq
 # and `|| true`: a .pyc not written only means that module is compiled when imported.
+# The venv's own pip (Python 3.11's bundled 23.2) is replaced first by the current one, which
+# resolves the same 155 packages (checked with --dry-run --report) in less than half the CPU
+# time (10 s against 23 s here: it checks the wheel tags of ~80,000 index links faster).
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --no-compile --upgrade pip
 	$(BIN)/python -m pip install --quiet --no-compile -e '.[all]'
 	$(BIN)/python -m compileall -qq -j 0 $(VENV)/lib || true
 	touch $(STAMP)
