@@ -17,20 +17,21 @@ def test_grid_points():
 
 def test_sweep_table_resume_and_failure(tiny, tmp_path):
     out = tmp_path / "out"
-    table = run_sweep(tiny, {"K": [1, 2, 3]}, seeds=[0, 1], out=out, jobs=2, progress=False)
-    assert len(table) == 6
+    # K = 2 (not the chapter's default 1) shows the value reaching the chapter; K = 3 fails
+    table = run_sweep(tiny, {"K": [2, 3]}, seeds=[0, 1], out=out, jobs=2, progress=False)
+    assert len(table) == 4
     ok = table[table.status == "ok"]
-    assert sorted(ok["square"].astype(int).tolist()) == [1, 1, 4, 4]
-    assert sorted(ok["seed_plus"].astype(int).tolist()) == [100, 100, 101, 101]
+    assert ok["square"].astype(int).tolist() == [4, 4]
+    assert sorted(ok["seed_plus"].astype(int).tolist()) == [100, 101]
     failed = table[table.status == "error"]
     assert len(failed) == 2 and failed["error"].str.contains("broken on purpose").all()
     assert (out / "results.csv").exists()
-    assert len(pd.read_csv(out / "results.csv")) == 6
+    assert len(pd.read_csv(out / "results.csv")) == 4
 
     # a rerun skips the finished points (their executed notebooks are left untouched)
-    done = out / "points" / f"{point_id(tiny, {'K': 1, 'seed': 0})}.ipynb"
+    done = out / "points" / f"{point_id(tiny, {'K': 2, 'seed': 0})}.ipynb"
     stamp = done.stat().st_mtime_ns
-    again = run_sweep(tiny, {"K": [1, 2, 3]}, seeds=[0, 1], out=out, jobs=2, progress=False)
+    again = run_sweep(tiny, {"K": [2, 3]}, seeds=[0, 1], out=out, jobs=2, progress=False)
     assert done.stat().st_mtime_ns == stamp
     assert again.drop(columns=["seconds", "error"]).equals(table.drop(columns=["seconds", "error"]))
 
