@@ -184,8 +184,8 @@ def test_fast_block_equals_plain_torch_layers(n_pixels, chunk):
                                                (torch.float32, 2e-4, 1),
                                                (torch.float32, 2e-4, 2)])
 def test_book_training_loop_equals_plain_torch_loop(cache, dtype, tol, threads):
-    """Same seed, same batches: the book's loop (its convolution block in its default chunks
-    for this thread count, fused AdamW, heap reuse) trains the same network as a plain
+    """Same seed, same batches: the book's loop (its convolution block, fused AdamW, heap
+    reuse; on one and on two threads) trains the same network as a plain
     ``torch.nn`` loop with for-each AdamW, up to float rounding (double: to 1e-9; single: to
     2e-4, a fifth of one AdamW step of lr 1e-3, after 12 steps: Adam's normalised steps
     amplify rounding, which differs with the number of threads; a wrong gradient moves

@@ -36,13 +36,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["KERNEL", "POOL", "CHUNK_PER_THREAD", "PRECISIONS", "StarNet", "pooled_length",
+__all__ = ["KERNEL", "POOL", "DEFAULT_CHUNK", "PRECISIONS", "StarNet", "pooled_length",
            "reference_sequential"]
 
-#: Spectra per torch thread that the fast convolution block processes at once (its arrays
-#: then stay in cache): 16 with two threads, 8 with one (measured in
-#: ``benchmarks/README_starnet.md``; the chunking changes no number beyond float rounding).
-CHUNK_PER_THREAD = 8
+#: Spectra the fast convolution block processes at once (its arrays then stay in cache; other
+#: sizes change no number beyond float rounding, timings in ``benchmarks/README_starnet.md``).
+DEFAULT_CHUNK = 16
 #: Kernel width of both convolutions and the max-pool width (the essay's values).
 KERNEL = 8
 POOL = 4
@@ -215,9 +214,8 @@ class StarNet(nn.Module):
         16 L -> 256, 256 -> 128, 128 -> n_labels (L = :func:`pooled_length`).
     logvar : torch.nn.Linear
         128 -> n_labels: log variance of each standardised label.
-    chunk : int or None
-        Spectra the fast block processes at once; None (default): :data:`CHUNK_PER_THREAD`
-        times torch's intra-op threads.
+    chunk : int
+        Spectra the fast block processes at once (default :data:`DEFAULT_CHUNK`).
     """
 
     def __init__(self, n_pixels: int, n_labels: int = 20, impl: str = "fast",
@@ -234,7 +232,7 @@ class StarNet(nn.Module):
         self.n_pixels = int(n_pixels)
         self.n_labels = int(n_labels)
         self.impl = impl
-        self.chunk = None
+        self.chunk = DEFAULT_CHUNK
         self.conv1 = nn.Conv1d(1, _C1, KERNEL)
         self.conv2 = nn.Conv1d(_C1, _C2, KERNEL)
         self.fc1 = nn.Linear(_C2 * pooled_length(n_pixels), 256)
@@ -264,8 +262,7 @@ class StarNet(nn.Module):
         x = (x - self.input_mean) * self.input_scale
         args = (x, self.conv1.weight, self.conv1.bias, self.conv2.weight, self.conv2.bias)
         if self.impl == "fast":
-            chunk = self.chunk or CHUNK_PER_THREAD * torch.get_num_threads()
-            return _ConvBlock.apply(*args, chunk)
+            return _ConvBlock.apply(*args, self.chunk)
         return _reference_block(*args)
 
     def _fc_autocast(self):
