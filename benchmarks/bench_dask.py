@@ -40,7 +40,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -52,7 +51,7 @@ sys.path.insert(0, str(ROOT))
 from helpers.apogee.cache_zarr import open_zarr_store, write_zarr_store  # noqa: E402
 from helpers.dask_cluster import connect  # noqa: E402
 from helpers.ppca import PPCA  # noqa: E402
-from machine import load  # noqa: E402  (benchmarks/machine.py)
+from machine import fit_in_child, load  # noqa: E402  (benchmarks/machine.py)
 
 WORK = ROOT / "benchmarks" / "_work"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -136,12 +135,7 @@ def single_process_fit(flux_path, store, n_store, reps, tol, max_iter):
         " scan_s=p.timings_['scan'], start_s=p.timings_['start'],"
         " iter_s=p.timings_['iterations'], start_rounds=p.start_info_['rounds'],"
         " peak_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2)))\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    if r.returncode:
-        raise RuntimeError(r.stderr)
-    out = json.loads(r.stdout.strip().splitlines()[-1])
-    C = np.load(WORK / "single_C.npy")
-    return out, C
+    return fit_in_child(code, WORK / "single_C.npy")
 
 
 def dask_inputs(store, n, chunk_rows):

@@ -32,7 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from helpers.ppca import PPCA  # noqa: E402
-from machine import gemm_gflops  # noqa: E402  (benchmarks/machine.py)
+from machine import fit_in_child, gemm_gflops  # noqa: E402  (benchmarks/machine.py)
 
 WORK = ROOT / "benchmarks" / "_work"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -211,11 +211,7 @@ def _paper_fit(fx, fm, basis, miss, t_write, N, D, K, gflops, method):
         " sampled_peak_anon_gb=peak['RssAnon'] / 1024**2,"
         " sampled_peak_file_gb=peak['RssFile'] / 1024**2,"
         " sampled_peak_rss_gb=peak['VmRSS'] / 1024**2)))\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    if r.returncode:
-        raise RuntimeError(r.stderr)
-    res = json.loads(r.stdout.strip().splitlines()[-1])
-    C = np.load(WORK / "paper_C.npy")
+    res, C = fit_in_child(code, WORK / "paper_C.npy")
     res["angle_vs_truth_max_deg"] = float(angles_deg(C.T, true_axes(basis, K)).max())
     res.update(N=N, D=D, K=K, method=method, missing_fraction=miss, write_s=t_write,
                file_gb=(fx.stat().st_size + fm.stat().st_size) / 1e9)
@@ -228,7 +224,6 @@ def _paper_fit(fx, fm, basis, miss, t_write, N, D, K, gflops, method):
         res["gflops_per_iter"] = 2 * (2.0 * N * D * (K + 1)) / it / 1e9
         res["fraction_of_gemm"] = res["gflops_per_iter"] / gflops
         res["flops_counted"] = "the two chunk GEMMs only (X @ [W m], X^T @ [Z 1])"
-    (WORK / "paper_C.npy").unlink(missing_ok=True)
     return res, C
 
 

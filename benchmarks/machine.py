@@ -1,4 +1,5 @@
-"""What the benchmarks measure about the machine itself: its load and its GEMM throughput.
+"""What the benchmarks measure about the machine itself: its load and its GEMM throughput;
+and the one way they run a fit in a fresh process (:func:`fit_in_child`).
 
 Speeds in ``benchmarks/`` are quoted as ratios against a baseline measured in the same run;
 for the compute-bound kernels (the PPCA E-step, StarNet's convolutions) the baseline is the
@@ -10,12 +11,16 @@ timing because the machine is shared. Imported by the scripts run as
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-__all__ = ["load", "gemm_gflops"]
+__all__ = ["load", "gemm_gflops", "fit_in_child"]
 
 
 def load() -> list:
@@ -60,3 +65,38 @@ def gemm_gflops(n: int = 3000, repeats: int = 3, library: str = "numpy",
         a @ b
         best = min(best, time.perf_counter() - t)
     return 2.0 * n ** 3 / best / 1e9
+
+
+def fit_in_child(code: str, components: Path) -> tuple[dict, np.ndarray]:
+    """Run a fit's Python ``code`` in a fresh interpreter and collect what it reports.
+
+    A fresh process makes the fit's peak RSS its own (nothing the benchmark held before
+    counts) and its timings free of the parent's warm caches.
+
+    Parameters
+    ----------
+    code : str
+        Python source; it must save the fitted components with ``np.save`` to ``components``
+        and print its figures as one JSON object on its last line of standard output.
+    components : pathlib.Path
+        The ``.npy`` file ``code`` writes; read and removed here.
+
+    Returns
+    -------
+    figures : dict
+        The JSON object of the last line.
+    components : ndarray
+        What ``code`` saved.
+
+    Raises
+    ------
+    RuntimeError
+        The child failed; the message is its standard error.
+    """
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if r.returncode:
+        raise RuntimeError(r.stderr)
+    figures = json.loads(r.stdout.strip().splitlines()[-1])
+    C = np.load(components)
+    components.unlink()
+    return figures, C
