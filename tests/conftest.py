@@ -67,10 +67,13 @@ def flux_mask_memmaps(tmp_path):
     return write
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def dask_client():
     """A Dask client of a LocalCluster of two single-threaded worker processes (shared by
-    the tests that scale out; not the default client: use ``with dask_client.as_current()``)."""
+    the tests of one module that scale out; not the default client: use
+    ``with dask_client.as_current()``). Module scope: an idle cluster costs about 5 s of CPU
+    a minute (heartbeats of its nannies, workers and scheduler), which a session-wide one
+    paid on each pytest worker until the end of ``make test``."""
     distributed = pytest.importorskip("distributed")
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None,
                                        memory_limit="3GiB")
