@@ -10,7 +10,7 @@ import torch
 from helpers.starnet import (LABEL_NAMES, STARNET_ELEMENTS, LabelScaler, ModalitySpectra,
                              SplitOverlapError, StarNet, StarnetSource, StarSplit, TrainConfig,
                              aspcap_labels, calibration, centred_rms, embed, fast_allocation,
-                             fit_ridge, label_metrics,
+                             fit_ridge, label_metrics, pixel_rms, predict_ensemble, train_ensemble,
                              load_split, make_split, observed_pixels, predict,
                              reference_sequential, starnet_data, starnet_split, train_epoch,
                              train_starnet, true_labels)
@@ -420,6 +420,47 @@ def test_centred_input_scaling_is_saved_and_maps_missing_pixels_to_zero(cache):
     assert plain.path != run.path and torch.all(plain.model.input_scale == 1)
     with pytest.raises(ValueError, match="input_scaling"):
         TrainConfig(input_scaling="zscore")
+
+
+def test_pixel_input_scaling_standardises_each_observed_pixel(cache):
+    src = _fake_source()
+    split = starnet_split(src, seed=0)
+    tr = starnet_data(src, split, "apogee")["train"]
+    d = np.asarray(tr.flux, np.float64) - tr.fill
+    ok = np.asarray(tr.observed)
+    rms = pixel_rms(tr, chunk=7)
+    j = 20                                     # an ordinary pixel: its RMS over observed stars
+    assert rms[j] == pytest.approx(np.sqrt(np.mean(d[ok[:, j], j] ** 2)), rel=1e-9)
+    assert np.all(rms[:3] == pytest.approx(centred_rms(tr)))   # never observed: the global RMS
+    run = train_starnet(src, split, "apogee", "true",
+                        TrainConfig(epochs=1, batch_size=16, input_scaling="pixel"), progress=False)
+    assert np.allclose(run.model.input_scale.numpy(), 1 / rms, rtol=1e-6)
+    xs = (torch.from_numpy(np.array(tr.flux)).double() - run.model.input_mean.double()) \
+        * run.model.input_scale.double()
+    assert np.sqrt(np.mean(xs.numpy()[ok[:, j], j] ** 2)) == pytest.approx(1, rel=1e-5)
+
+
+def test_ensemble_averages_members_and_calibrates_on_validation(cache):
+    src = _fake_source()
+    split = starnet_split(src, seed=0)
+    cfg = TrainConfig(epochs=1, batch_size=16, seed=3)
+    ens = train_ensemble(src, split, "apogee", "true", cfg, members=2, progress=False)
+    assert [r.meta["config"]["seed"] for r in ens.runs] == [3, 4]
+    # member 0 is the single run of the same recipe (same cache key)
+    assert ens.runs[0].path == train_starnet(src, split, "apogee", "true", cfg, progress=False).path
+    data = starnet_data(src, split, "apogee")
+    p = predict_ensemble(ens, data["test"])
+    members = [predict(r, data["test"]) for r in ens.runs]
+    assert np.allclose(p.mean, (members[0].mean + members[1].mean) / 2)
+    mix = (members[0].sigma ** 2 + members[1].sigma ** 2) / 2 \
+        + ((members[0].mean - members[1].mean) / 2) ** 2
+    assert np.allclose(p.sigma_raw, np.sqrt(mix))
+    assert np.allclose(p.sigma, p.sigma_raw * ens.sigma_scale)
+    pv = predict_ensemble(ens, data["val"])
+    cal = calibration(pv.mean, pv.sigma, src.labels(data["val"].ids, "true"), LABEL_NAMES)
+    assert np.allclose(cal["z_rms"], 1, atol=1e-6)
+    with pytest.raises(ValueError, match="members"):
+        train_ensemble(src, split, "apogee", "true", cfg, members=0)
 
 
 def test_aspcap_labels_with_missing_values_train(cache):

@@ -14,6 +14,8 @@ The API the StarNet and StarCLIP chapters use (each name's docstring says more):
   :func:`pretrained_encoders` (both modalities at once, e.g. for StarCLIP);
 * inference: :func:`predict` (labels and calibrated sigmas), :func:`embed` (the 20
   outputs or the 128 hidden units);
+* ensembles: :func:`train_ensemble` (M seeds of one recipe), :func:`predict_ensemble`
+  (their mean and mixture uncertainty);
 * evaluation: :func:`label_metrics`, :func:`calibration`, :func:`fit_ridge`,
   :data:`ESSAY_RMSE`.
 """
@@ -21,6 +23,7 @@ The API the StarNet and StarCLIP chapters use (each name's docstring says more):
 from .chapter import ChapterSetup, chapter_setup
 from .data import (DEFAULT_MAX_ERROR, MODALITIES, ModalitySpectra, SpectraSet, StarnetSource,
                    observed_pixels, source_from_survey, starnet_data, starnet_source)
+from .ensemble import StarNetEnsemble, predict_ensemble, train_ensemble
 from .evaluate import (ESSAY_RMSE, RidgeBaseline, bootstrap_rmse, calibration, fit_ridge,
                        label_metrics, label_systematics)
 from .infer import Prediction, embed, predict
@@ -30,13 +33,14 @@ from .model import PRECISIONS, StarNet, pooled_length, reference_sequential
 from .split import (PARTS, SPLIT_RATIOS, SplitOverlapError, StarSplit, load_split, make_split,
                     split_path, starnet_split)
 from .train import (ESSAY_CONFIG, MODEL_VERSION, StarNetRun, TrainConfig, centred_rms,
-                    fast_allocation, load_run, pretrained_encoders, progress_enabled,
+                    fast_allocation, load_run, pixel_rms, pretrained_encoders, progress_enabled,
                     starnet_loss, torch_threads, train_epoch, train_starnet)
 
 __all__ = [
     "ChapterSetup", "chapter_setup",
     "DEFAULT_MAX_ERROR", "MODALITIES", "ModalitySpectra", "SpectraSet", "StarnetSource",
     "observed_pixels", "source_from_survey", "starnet_data", "starnet_source",
+    "StarNetEnsemble", "predict_ensemble", "train_ensemble",
     "ESSAY_RMSE", "RidgeBaseline", "bootstrap_rmse", "calibration", "fit_ridge",
     "label_metrics", "label_systematics",
     "Prediction", "embed", "predict",
@@ -46,7 +50,7 @@ __all__ = [
     "PARTS", "SPLIT_RATIOS", "SplitOverlapError", "StarSplit", "load_split", "make_split",
     "split_path", "starnet_split",
     "ESSAY_CONFIG", "MODEL_VERSION", "StarNetRun", "TrainConfig", "centred_rms",
-    "fast_allocation", "load_run",
+    "fast_allocation", "load_run", "pixel_rms",
     "pretrained_encoders",
     "progress_enabled", "starnet_loss", "torch_threads", "train_epoch", "train_starnet",
 ]

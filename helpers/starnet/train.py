@@ -41,7 +41,7 @@ from .split import StarSplit
 
 __all__ = ["MODEL_VERSION", "ESSAY_CONFIG", "TrainConfig", "StarNetRun", "train_starnet", "load_run",
            "pretrained_encoders", "fast_allocation", "progress_enabled", "starnet_loss",
-           "torch_threads", "train_epoch", "centred_rms"]
+           "torch_threads", "train_epoch", "centred_rms", "pixel_rms"]
 
 #: Bump when the model or the training code changes what a run computes (enters the key).
 MODEL_VERSION = "2"
@@ -70,11 +70,13 @@ class TrainConfig:
         (default 3, so that the last two of the 5 epochs run at a tenth; the essay: 5).
     seed : int
         Seed of the weights' initialisation and of the batch order.
-    input_scaling : {'centred', 'none'}
+    input_scaling : {'centred', 'pixel', 'none'}
         'centred': the network sees each spectrum minus the training stars' mean spectrum,
         divided by one number, the RMS of that difference over the training stars' observed
-        pixels (a missing pixel, filled with the mean, becomes exactly 0); 'none': the
-        flux as it is (the essay).
+        pixels (a missing pixel, filled with the mean, becomes exactly 0); 'pixel': the same
+        difference divided pixel by pixel by its standard deviation over the training stars
+        (:func:`pixel_rms`; an opt-in the book does not use);
+        'none': the flux as it is (the essay).
     precision : {'float32', 'bf16-fc'}
         Arithmetic of the training steps: 'float32' (default), or 'bf16-fc', the fully
         connected layers under bfloat16 autocast (about 1.2x faster per step on a CPU with
@@ -112,8 +114,8 @@ class TrainConfig:
             if not (isinstance(v, (int, float, np.floating)) and np.isfinite(v) and v > 0):
                 raise ValueError(f"TrainConfig.{name} must be a positive number, got {v!r}")
             object.__setattr__(self, name, float(v))
-        if self.input_scaling not in ("centred", "none"):
-            raise ValueError(f"TrainConfig.input_scaling must be 'centred' or 'none', got "
+        if self.input_scaling not in ("centred", "pixel", "none"):
+            raise ValueError(f"TrainConfig.input_scaling must be 'centred', 'pixel' or 'none', got "
                              f"{self.input_scaling!r}")
         if not (np.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay!r}")
@@ -331,6 +333,30 @@ def centred_rms(data: SpectraSet, chunk: int = 1024) -> float:
     return float(np.sqrt(total / count))
 
 
+def pixel_rms(data: SpectraSet, chunk: int = 1024) -> np.ndarray:
+    """Per-pixel RMS of (flux - training mean spectrum) over the observed values of a data set.
+
+    Book: {ref}`sec-starnet-training`
+
+    Returns
+    -------
+    ndarray, shape (n_pixels,)
+        Pixels observed in fewer than two stars, or that never vary, get the RMS over all
+        pixels (:func:`centred_rms`), so that their (constant) input is not blown up.
+    """
+    total = np.zeros(data.n_pixels)
+    count = np.zeros(data.n_pixels)
+    for s in range(0, len(data), chunk):
+        d = np.asarray(data.flux[s:s + chunk], np.float64) - data.fill
+        ok = np.asarray(data.observed[s:s + chunk])
+        total += np.where(ok, d * d, 0).sum(axis=0)
+        count += ok.sum(axis=0)
+    rms = np.sqrt(total / np.maximum(count, 1))
+    bad = (count < 2) | ~(rms > 0)
+    rms[bad] = centred_rms(data, chunk)
+    return rms
+
+
 def starnet_loss(model: StarNet, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> tuple:
     """The training loss of a batch: masked MSE of the means plus the variance head's NLL.
 
@@ -448,6 +474,8 @@ def train_starnet(source: StarnetSource, split: StarSplit, modality: str = "apog
     model = StarNet(train.n_pixels, len(LABEL_NAMES), precision=config.precision)
     if config.input_scaling == "centred":
         model.set_input_scaling(train.fill, 1.0 / centred_rms(train))
+    elif config.input_scaling == "pixel":
+        model.set_input_scaling(train.fill, 1.0 / pixel_rms(train))
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
                             fused=True)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=config.step_size, gamma=config.gamma)
