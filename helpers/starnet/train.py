@@ -342,7 +342,8 @@ def pixel_rms(data: SpectraSet, chunk: int = 1024) -> np.ndarray:
     -------
     ndarray, shape (n_pixels,)
         Pixels observed in fewer than two stars, or that never vary, get the RMS over all
-        pixels (:func:`centred_rms`), so that their (constant) input is not blown up.
+        pixels (what :func:`centred_rms` returns, here from the same pass over the spectra),
+        so that their (constant) input is not blown up.
     """
     total = np.zeros(data.n_pixels)
     count = np.zeros(data.n_pixels)
@@ -351,9 +352,11 @@ def pixel_rms(data: SpectraSet, chunk: int = 1024) -> np.ndarray:
         ok = np.asarray(data.observed[s:s + chunk])
         total += np.where(ok, d * d, 0).sum(axis=0)
         count += ok.sum(axis=0)
+    if count.sum() == 0 or total.sum() <= 0:
+        raise ValueError("the training spectra have no observed pixel that varies")
     rms = np.sqrt(total / np.maximum(count, 1))
     bad = (count < 2) | ~(rms > 0)
-    rms[bad] = centred_rms(data, chunk)
+    rms[bad] = np.sqrt(total.sum() / count.sum())
     return rms
 
 
