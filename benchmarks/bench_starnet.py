@@ -32,6 +32,7 @@ The load average (``os.getloadavg``) is recorded with every timing: the machine 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -106,34 +107,28 @@ def time_batches(model, fused: bool, heap: bool, data, y, w, batches: int, batch
     model.train()
     rng = np.random.default_rng(seed)
     times = {k: [] for k in ("total", "cpu") + PHASES}
-    ctx = fast_allocation() if heap else _null()
-    before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        with ctx:
-            for b in range(batches + 2):
-                idx = np.sort(rng.choice(len(data), batch, replace=False))
-                c0 = time.process_time()
-                t0 = time.perf_counter()
-                x = torch.from_numpy(data.rows(idx))
-                t1 = time.perf_counter()
-                mu, logvar = model.predict_with_logvar(x)
-                loss = ((mu - y[idx]) ** 2 * w[idx]).mean() + \
-                    (0.5 * (logvar + (y[idx] - mu.detach()) ** 2 * torch.exp(-logvar))).mean()
-                t2 = time.perf_counter()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                t3 = time.perf_counter()
-                opt.step()
-                t4 = time.perf_counter()
-                c4 = time.process_time()
-                if b >= 2:
-                    for k, v in zip(times, (t4 - t0, c4 - c0, t1 - t0, t2 - t1, t3 - t2,
-                                            t4 - t3)):
-                        times[k].append(v)
-    finally:
-        torch.set_num_threads(before)
+    ctx = fast_allocation() if heap else contextlib.nullcontext()
+    with ctx, torch_threads(threads):
+        for b in range(batches + 2):
+            idx = np.sort(rng.choice(len(data), batch, replace=False))
+            c0 = time.process_time()
+            t0 = time.perf_counter()
+            x = torch.from_numpy(data.rows(idx))
+            t1 = time.perf_counter()
+            mu, logvar = model.predict_with_logvar(x)
+            loss = ((mu - y[idx]) ** 2 * w[idx]).mean() + \
+                (0.5 * (logvar + (y[idx] - mu.detach()) ** 2 * torch.exp(-logvar))).mean()
+            t2 = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            t3 = time.perf_counter()
+            opt.step()
+            t4 = time.perf_counter()
+            c4 = time.process_time()
+            if b >= 2:
+                for k, v in zip(times, (t4 - t0, c4 - c0, t1 - t0, t2 - t1, t3 - t2,
+                                        t4 - t3)):
+                    times[k].append(v)
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
@@ -180,13 +175,6 @@ def profile_step(n_pix: int, data, y, w, batch: int, steps: int, threads: int,
           + ", ".join(f"{k} {v:.0%}" for k, v in list(out["self_share"].items())[:8]), flush=True)
     return out
 
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def main(argv=None) -> int:

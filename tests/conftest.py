@@ -41,12 +41,11 @@ def repo_root() -> Path:
 def one_torch_thread():
     """PyTorch on one thread for the test (tiny networks: a second thread only waits for a
     busy core on a shared machine); the previous thread count is restored after it."""
-    import torch   # only the tests that ask for it pay for importing torch
+    # only the tests that ask for it pay for importing torch
+    from helpers.starnet.train import torch_threads
 
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture

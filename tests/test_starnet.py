@@ -12,8 +12,8 @@ from helpers.starnet import (LABEL_NAMES, STARNET_ELEMENTS, LabelScaler, Modalit
                              aspcap_labels, calibration, centred_rms, embed, fast_allocation,
                              fit_ridge, label_metrics, pixel_rms, predict_ensemble, train_ensemble,
                              load_split, make_split, observed_pixels, predict,
-                             reference_sequential, starnet_data, starnet_split, train_epoch,
-                             train_starnet, true_labels)
+                             reference_sequential, starnet_data, starnet_split, torch_threads,
+                             train_epoch, train_starnet, true_labels)
 
 
 # ---------------------------------------------------------------------------------------
@@ -190,12 +190,8 @@ def test_book_training_loop_equals_plain_torch_loop(cache, dtype, tol, threads):
     2e-4, a fifth of one AdamW step of lr 1e-3, after 12 steps: Adam's normalised steps
     amplify rounding, which differs with the number of threads; a wrong gradient moves
     weights by about lr per step)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         _book_vs_plain(dtype, tol)
-    finally:
-        torch.set_num_threads(before)
 
 
 def _book_vs_plain(dtype, tol):
