@@ -16,8 +16,9 @@ def pytest_xdist_make_scheduler(config, log):
     pytest-xdist 3.8 groups tests by renaming their node ids, which pytest 9 no longer
     allows, so its ``xdist_group`` marks are silently ignored there. This scheduler computes
     the group from the node id instead: each chain of chapters is one unit of work, sent
-    whole to one worker and run in order; every other test is a unit of its own. Units are
-    handed out largest first, so the two chains start at once, one per worker.
+    whole to one worker and run in order (chain "a" begins with the unit tests that fill its
+    worker while the other makes the smoke survey); every other test is a unit of its own.
+    Units are handed out largest first, so the two chains start at once, one per worker.
     """
     if config.getvalue("dist") != "loadgroup":
         return None
@@ -29,6 +30,14 @@ def pytest_xdist_make_scheduler(config, log):
             return chain_of_nodeid(nodeid) or super()._split_scope(nodeid)
 
     return ChainScheduling(config, log)
+
+
+def pytest_collection_modifyitems(items):
+    """The tests at the head of chain "a" (``CHAIN_A_HEAD`` in tests/notebook_tools.py) first:
+    a chain runs in collection order, and they must run before its chapters."""
+    from notebook_tools import heads_chain_a
+
+    items.sort(key=lambda item: not heads_chain_a(item.nodeid))
 
 
 @pytest.fixture(scope="session")
