@@ -33,11 +33,13 @@ def pytest_xdist_make_scheduler(config, log):
 
 
 def pytest_collection_modifyitems(items):
-    """The tests at the head of chain "a" (``CHAIN_A_HEAD`` in tests/notebook_tools.py) first:
-    a chain runs in collection order, and they must run before its chapters."""
-    from notebook_tools import heads_chain_a
+    """The tests at the head of chain "a" first (a chain runs in collection order, and they
+    must run before its chapters), then the slow unit tests, then the others: the workers take
+    the unit tests in collection order once their chain is done (``CHAIN_A_HEAD`` and
+    ``SLOW_FIRST`` in tests/notebook_tools.py)."""
+    from notebook_tools import run_order
 
-    items.sort(key=lambda item: not heads_chain_a(item.nodeid))
+    items.sort(key=lambda item: run_order(item.nodeid))
 
 
 @pytest.fixture(scope="session")
