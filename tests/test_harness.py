@@ -121,6 +121,18 @@ def test_helpers_import_without_side_effects(tmp_path):
         assert created == [], f"importing helpers created {created} in the {name} folder"
 
 
+def test_rsca_helpers_do_not_import_scipy_stats():
+    """``helpers.rsca`` (every RSCA chapter imports it) leaves scipy.stats unimported: that
+    import alone costs 0.6-0.8 s of CPU in each of the ~16 kernels of ``make test`` that read
+    helpers.rsca (the knee's normal CDF is scipy.special.ndtr, the function norm.cdf calls)."""
+    import sys
+
+    code = "import sys, helpers.rsca; print('scipy.stats' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False", "importing helpers.rsca now imports scipy.stats"
+
+
 def test_public_helpers_have_docstrings():
     for name in helper_modules():
         mod = importlib.import_module(name)
