@@ -4,7 +4,8 @@ Writes ``benchmarks/results/starnet.json``. Usage::
 
     .venv/bin/python benchmarks/bench_starnet.py              # paper scale (238,400 stars)
     STARS_BOOK_CACHE=/work/cache_v5 .venv/bin/python benchmarks/bench_starnet.py \
-        --threads 2 --epoch-modalities apogee   # the headline run (paper-scale survey present)
+        --threads 2 --epoch-modalities apogee --epoch-precisions bf16-fc float32
+        # the headline run (paper-scale survey present)
     .venv/bin/python benchmarks/bench_starnet.py --n-field 20000 --batches 10
 
 What it measures, all in one process so that ratios are fair:
@@ -17,12 +18,15 @@ What it measures, all in one process so that ratios are fair:
    with fused AdamW and :func:`helpers.starnet.fast_allocation`; the book's StarNet (its
    channels-last convolution block as well, 16 spectra at a time), and the same in chunks of
    32 spectra; the book's with one torch thread, in chunks of 16 and of 32; the book's with its fully connected layers in bfloat16
-   (``TrainConfig(precision='bf16-fc')``, an opt-in: its accuracy is measured by
-   ``bench_starnet_bf16.py``), with the default threads and with one;
+   (``TrainConfig(precision='bf16-fc')``, the book's default since 30 Nov 2026; its
+   accuracy is measured by ``bench_starnet_bf16.py`` and in the chapter), with the default
+   threads and with one (every other variant is float32);
 3. a torch.profiler table of the book's step (per-operator self time, one and two threads);
 4. one full training epoch of the book's code (:func:`helpers.starnet.train_epoch`) over the
-   training part of the StarNet split, APOGEE and NIRSpec (``--bf16-epoch``: also APOGEE in
-   bf16-fc): ``epoch_s`` and ``spectra_per_s``; the useful floating-point work of a step
+   training part of the StarNet split, APOGEE and NIRSpec, in the book's default precision
+   (``--epoch-precisions``: in each of those given): ``epoch_s`` and ``spectra_per_s`` (the
+   APOGEE epoch in the default precision; ``epoch_s_float32``, ``epoch_s_bf16_fc`` per
+   precision measured); the useful floating-point work of a step
    (dense convolutions, as PyTorch's layers compute them) divided by the time, as a
    fraction of the GEMM rate.
 
@@ -44,9 +48,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from helpers.starnet import (LabelScaler, StarNet, centred_rms, fast_allocation, pooled_length,
-                             reference_sequential, source_from_survey, starnet_data,
-                             starnet_source, starnet_split, torch_threads, train_epoch)
+from helpers.starnet import (PRECISIONS, LabelScaler, StarNet, TrainConfig, centred_rms,
+                             fast_allocation, pooled_length, reference_sequential,
+                             source_from_survey, starnet_data, starnet_source, starnet_split,
+                             torch_threads, train_epoch)
 from helpers.survey import load_survey
 from machine import gemm_gflops, load   # benchmarks/machine.py
 
@@ -194,8 +199,9 @@ def main(argv=None) -> int:
                    help="modalities to time a full epoch of (default: all of the source's)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: torch's choice, one per core)")
-    p.add_argument("--bf16-epoch", action="store_true",
-                   help="also one APOGEE epoch with TrainConfig(precision='bf16-fc')")
+    p.add_argument("--epoch-precisions", nargs="+", default=[TrainConfig().precision],
+                   choices=PRECISIONS, help="precisions of the full epochs (default: the "
+                   "book's, TrainConfig().precision)")
     p.add_argument("--epoch-threads", type=int, default=None,
                    help="torch threads of the full epochs (default: as --threads)")
     p.add_argument("--out", type=Path, default=RESULTS)
@@ -293,10 +299,8 @@ def main(argv=None) -> int:
     # 3. full epochs with the book's code
     if not args.no_epoch:
         res["epochs"] = {}
-        runs = [(mod, "float32") for mod in data
+        runs = [(mod, precision) for mod in data for precision in args.epoch_precisions
                 if args.epoch_modalities is None or mod in args.epoch_modalities]
-        if args.bf16_epoch:
-            runs.append(("apogee", "bf16-fc"))
         for mod, precision in runs:
             sets = data[mod]
             tr = sets["train"]
@@ -323,7 +327,7 @@ def main(argv=None) -> int:
             fl = flops_per_spectrum(tr.n_pixels)
             n_used = (len(tr) // args.batch_size) * args.batch_size
             rate = fl * n_used / epoch_s / 1e9
-            name = mod if precision == "float32" else f"{mod}, {precision}"
+            name = f"{mod}, {precision}"
             res["epochs"][name] = {"n_spectra": len(tr), "n_pixels": tr.n_pixels,
                                    "precision": precision,
                                    "epoch_s": round(epoch_s, 2),
@@ -337,12 +341,16 @@ def main(argv=None) -> int:
             print(f"{name}: one epoch over {len(tr):,} spectra in {epoch_s:.1f} s "
                   f"({n_used / epoch_s:.0f} spectra/s, {rate:.0f} GFLOP/s = "
                   f"{rate / gemm:.0%} of GEMM; load {la} -> {load()})", flush=True)
-        if "apogee" in res["epochs"]:
-            apo = res["epochs"]["apogee"]
-            res.update({"epoch_s": apo["epoch_s"], "spectra_per_s": apo["spectra_per_s"],
+        default = f"apogee, {TrainConfig().precision}"
+        if default in res["epochs"]:
+            apo = res["epochs"][default]
+            res.update({"precision": TrainConfig().precision, "epoch_s": apo["epoch_s"],
+                        "spectra_per_s": apo["spectra_per_s"],
                         "fraction_of_gemm": apo["fraction_of_gemm"]})
-        if "apogee, bf16-fc" in res["epochs"]:
-            res["epoch_s_bf16_fc"] = res["epochs"]["apogee, bf16-fc"]["epoch_s"]
+        for precision in PRECISIONS:
+            if f"apogee, {precision}" in res["epochs"]:
+                res[f"epoch_s_{precision.replace('-', '_')}"] = \
+                    res["epochs"][f"apogee, {precision}"]["epoch_s"]
     res["load_end"] = load()
     res["total_s"] = round(time.perf_counter() - t0, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)

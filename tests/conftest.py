@@ -53,7 +53,7 @@ def one_torch_thread():
     """PyTorch on one thread for the test (tiny networks: a second thread only waits for a
     busy core on a shared machine); the previous thread count is restored after it."""
     # only the tests that ask for it pay for importing torch
-    from helpers.starnet.train import torch_threads
+    from helpers.starnet import torch_threads
 
     with torch_threads(1):
         yield

@@ -42,14 +42,15 @@ class ChapterSetup:
 
 def chapter_setup(n_field, survey_seed, apogee_cache, max_real_stars, split_seed, epochs,
                   batch_size, lr, step_size, gamma, seed, n_boot,
-                  input_scaling="centred", threads=None) -> ChapterSetup:
+                  input_scaling="centred", threads=None, precision="bf16-fc") -> ChapterSetup:
     """Check the chapter's parameters, open its data and read (or draw once) its split.
 
     Book: {ref}`ch-starnet`
 
     Every argument is the chapter parameter of the same name; a bad one raises a
     ``ValueError`` that names it. ``threads``: torch threads of the trainings
-    (:class:`TrainConfig`; not part of a run's key).
+    (:class:`TrainConfig`; not part of a run's key). ``precision``: arithmetic of the
+    training steps (:class:`TrainConfig`; {ref}`sec-starnet-precision`).
     """
     for name, v in (("split_seed", split_seed), ("n_boot", n_boot)):
         if isinstance(v, bool) or int(v) != v or v < (0 if name == "split_seed" else 2):
@@ -57,7 +58,7 @@ def chapter_setup(n_field, survey_seed, apogee_cache, max_real_stars, split_seed
                              f"got {v!r}")
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, step_size=step_size,
                          gamma=gamma, seed=seed, input_scaling=input_scaling,
-                         threads=threads)
+                         threads=threads, precision=precision)
     source = starnet_source(n_field=n_field, survey_seed=survey_seed, apogee_cache=apogee_cache,
                             max_real_stars=max_real_stars)
     split = starnet_split(source, seed=int(split_seed))

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from .data import SpectraSet
-from .train import StarNetRun, fast_allocation
+from .speed import fast_allocation
+from .train import StarNetRun
 
 __all__ = ["Prediction", "predict", "embed"]
 

@@ -37,7 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = ["KERNEL", "POOL", "DEFAULT_CHUNK", "PRECISIONS", "StarNet", "pooled_length",
-           "reference_sequential"]
+           "reference_sequential", "starnet_loss"]
 
 #: Spectra the fast convolution block processes at once (its arrays then stay in cache; other
 #: sizes change no number beyond float rounding, timings in ``benchmarks/README_starnet.md``).
@@ -179,6 +179,31 @@ class _ConvBlock(torch.autograd.Function):
             if need_x:
                 gx[a:a + m, :reach + KERNEL - 1] = gx1.reshape(m, -1)
         return gx, gw1.squeeze(2), gb1, gw2.squeeze(2), gb2, None
+
+
+def starnet_loss(model: StarNet, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> tuple:
+    """The training loss of a batch: masked MSE of the means plus the variance head's NLL.
+
+    Book: {ref}`sec-starnet-uncertainty`
+
+    Parameters
+    ----------
+    model : StarNet
+    x : torch.Tensor, shape (n, n_pixels)
+    y, w : torch.Tensor, shape (n, n_labels)
+        Standardised labels (0 where missing) and weights (1 present, 0 missing).
+
+    Returns
+    -------
+    mse, nll : torch.Tensor
+        Mean over present labels of (mu - y)^2, and of the Gaussian negative log-likelihood
+        0.5 (log s^2 + (y - mu)^2 / s^2) with mu detached (it trains only the variance head).
+    """
+    mu, logvar = model.predict_with_logvar(x)
+    n = w.sum()
+    mse = (w * (mu - y) ** 2).sum() / n
+    nll = (w * 0.5 * (logvar + (y - mu.detach()) ** 2 * torch.exp(-logvar))).sum() / n
+    return mse, nll
 
 
 def _reference_block(x, w1, b1, w2, b2):

@@ -15,8 +15,6 @@ the files, and any change trains a new run.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import dataclasses
 import hashlib
 import json
@@ -36,12 +34,12 @@ from helpers.progress import progress_enabled   # re-exported: helpers.starnet.p
 
 from .data import SpectraSet, StarnetSource, starnet_data
 from .labels import LABEL_KINDS, LABEL_NAMES, LabelScaler
-from .model import PRECISIONS, StarNet
+from .model import PRECISIONS, StarNet, starnet_loss
+from .speed import fast_allocation, torch_threads
 from .split import StarSplit
 
 __all__ = ["MODEL_VERSION", "ESSAY_CONFIG", "TrainConfig", "StarNetRun", "train_starnet", "load_run",
-           "pretrained_encoders", "fast_allocation", "progress_enabled", "starnet_loss",
-           "torch_threads", "train_epoch", "centred_rms", "pixel_rms"]
+           "pretrained_encoders", "progress_enabled", "train_epoch", "centred_rms", "pixel_rms"]
 
 #: Bump when the model or the training code changes what a run computes (enters the key).
 MODEL_VERSION = "2"
@@ -77,13 +75,16 @@ class TrainConfig:
         difference divided pixel by pixel by its standard deviation over the training stars
         (:func:`pixel_rms`; an opt-in the book does not use);
         'none': the flux as it is (the essay).
-    precision : {'float32', 'bf16-fc'}
-        Arithmetic of the training steps: 'float32' (default), or 'bf16-fc', the fully
-        connected layers under bfloat16 autocast (about 1.2x faster per step on a CPU with
-        avx512_bf16; an opt-in whose effect on the test-split RMSE is measured in
-        ``benchmarks/README_starnet.md``). Predictions are float32 either way. Enters the
-        run's key only when not 'float32', so runs cached before the field existed keep
-        their keys.
+    precision : {'bf16-fc', 'float32'}
+        Arithmetic of the training steps: 'bf16-fc' (default), the fully connected layers
+        under bfloat16 autocast: their products in bfloat16 on float32 master weights, the
+        convolutions, the loss and the optimiser in float32 (mixed precision); or 'float32'
+        throughout. On a processor with bfloat16 instructions (avx512_bf16 or AMX, as this
+        book's machine) a step is about 1.2x faster; elsewhere bfloat16 is emulated and
+        'float32' is the faster choice. Its effect on the test-split RMSE is measured in
+        the chapter ({ref}`sec-starnet-precision`). Predictions are float32 either way.
+        Enters the run's key only when not 'float32', so float32 runs cached before the
+        field existed keep their keys.
     threads : int or None
         torch's intra-op threads during the training (restored after); None (default):
         torch's current setting, one per core unless changed. One thread is faster when
@@ -99,7 +100,7 @@ class TrainConfig:
     gamma: float = 0.1
     seed: int = 0
     input_scaling: str = "centred"
-    precision: str = "float32"
+    precision: str = "bf16-fc"
     threads: int | None = None
 
     def __post_init__(self):
@@ -144,54 +145,8 @@ class TrainConfig:
         return d
 
 
-#: The essay's recipe: 15 epochs, StepLR every 5, the flux fed as it is.
-ESSAY_CONFIG = TrainConfig(epochs=15, step_size=5, input_scaling="none")
-
-
-@contextlib.contextmanager
-def fast_allocation():
-    """Let the C allocator reuse freed memory instead of returning it to the system.
-
-    Book: {ref}`sec-starnet-speed`
-
-    A training step allocates and frees tensors of up to ~70 MB. glibc serves blocks that
-    large with fresh ``mmap`` pages, which the kernel zeroes on first touch: on this machine
-    that doubled the time of a step. Inside this context (Linux/glibc only; elsewhere it
-    does nothing) large blocks come from the heap and are reused; on exit the defaults are
-    restored and free memory is returned with ``malloc_trim``.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt, trim = libc.mallopt, libc.malloc_trim
-    except (OSError, AttributeError):
-        yield
-        return
-    m_trim_threshold, m_mmap_max = -1, -4
-    mallopt(m_mmap_max, 0)
-    mallopt(m_trim_threshold, 1 << 30)
-    try:
-        yield
-    finally:
-        mallopt(m_mmap_max, 65536)
-        mallopt(m_trim_threshold, 128 * 1024)
-        trim(0)
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None):
-    """Run the block with ``n`` torch intra-op threads (None: leave the setting alone).
-
-    Book: {ref}`sec-starnet-training`
-
-    The previous setting is restored on exit.
-    """
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+#: The essay's recipe: 15 epochs, StepLR every 5, the flux fed as it is, float32.
+ESSAY_CONFIG = TrainConfig(epochs=15, step_size=5, input_scaling="none", precision="float32")
 
 
 @dataclass
@@ -358,31 +313,6 @@ def pixel_rms(data: SpectraSet, chunk: int = 1024) -> np.ndarray:
     bad = (count < 2) | ~(rms > 0)
     rms[bad] = np.sqrt(total.sum() / count.sum())
     return rms
-
-
-def starnet_loss(model: StarNet, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> tuple:
-    """The training loss of a batch: masked MSE of the means plus the variance head's NLL.
-
-    Book: {ref}`sec-starnet-uncertainty`
-
-    Parameters
-    ----------
-    model : StarNet
-    x : torch.Tensor, shape (n, n_pixels)
-    y, w : torch.Tensor, shape (n, n_labels)
-        Standardised labels (0 where missing) and weights (1 present, 0 missing).
-
-    Returns
-    -------
-    mse, nll : torch.Tensor
-        Mean over present labels of (mu - y)^2, and of the Gaussian negative log-likelihood
-        0.5 (log s^2 + (y - mu)^2 / s^2) with mu detached (it trains only the variance head).
-    """
-    mu, logvar = model.predict_with_logvar(x)
-    n = w.sum()
-    mse = (w * (mu - y) ** 2).sum() / n
-    nll = (w * 0.5 * (logvar + (y - mu.detach()) ** 2 * torch.exp(-logvar))).sum() / n
-    return mse, nll
 
 
 def train_epoch(model: StarNet, opt: torch.optim.Optimizer, data: SpectraSet, targets, weights,
