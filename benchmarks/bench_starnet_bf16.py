@@ -1,12 +1,12 @@
-"""Accuracy of the opt-in bfloat16 training (``TrainConfig(precision='bf16-fc')``) at paper scale.
+"""Accuracy of bfloat16 training (``TrainConfig(precision='bf16-fc')``, the default) at paper scale.
 
 Writes ``benchmarks/results/starnet_bf16_accuracy.json``. Usage::
 
     STARS_BOOK_CACHE=/work/cache_v5 nice -n 10 .venv/bin/python benchmarks/bench_starnet_bf16.py \\
         --seeds 0 1
 
-For each seed, the book's recipe (``TrainConfig()``: 5 epochs, StepLR step 3, centred
-input) is trained on the paper-scale split (split seed 0, the survey's true labels) in
+For each seed, the book's short recipe (5 epochs, StepLR step 3, centred input; chapter 7
+makes the same comparison in its section on mixed precision) is trained on the paper-scale split (split seed 0, the survey's true labels) in
 float32 and with the fully connected layers in bfloat16, with ``threads`` torch threads
 (default one: the machine is shared; the thread count is not part of a run's key and
 changes no number beyond float rounding). Runs are cached by
