@@ -46,8 +46,9 @@ DEFAULT_CHUNK = 16
 KERNEL = 8
 POOL = 4
 _C1, _C2 = 4, 16
-#: Arithmetic of the training steps: all float32 (default), or the fully connected layers
-#: under bfloat16 autocast (an opt-in; see :class:`StarNet`).
+#: Arithmetic of the training steps: all float32, or the fully connected layers
+#: under bfloat16 autocast (the default of training runs, :class:`helpers.starnet.TrainConfig`;
+#: see :class:`StarNet`).
 PRECISIONS = ("float32", "bf16-fc")
 
 
@@ -229,7 +230,9 @@ class StarNet(nn.Module):
         'bf16-fc': in training mode the fully connected layers (``fc1``-``fc3``, ``logvar``)
         run under ``torch.autocast('cpu', torch.bfloat16)`` (bfloat16 products on float32
         master weights; the convolution block and the loss stay float32). In evaluation
-        mode every layer is float32 whatever the setting. Default 'float32'.
+        mode every layer is float32 whatever the setting. Default 'float32' for a network
+        built directly; training runs build it with ``TrainConfig.precision`` ('bf16-fc' by
+        default).
 
     Attributes
     ----------
