@@ -33,6 +33,7 @@ from helpers.paths import cache_dir
 from helpers.progress import progress_enabled   # re-exported: helpers.starnet.progress_enabled
 
 from .data import SpectraSet, StarnetSource, starnet_data
+from .evaluate import unit_rms_scale
 from .labels import LABEL_KINDS, LABEL_NAMES, LabelScaler
 from .model import PRECISIONS, StarNet, starnet_loss
 from .speed import fast_allocation, torch_threads
@@ -272,20 +273,27 @@ def _predict_std(model: StarNet, data, batch_size: int = 256) -> tuple:
     return mu, lv
 
 
+def _centred_sums(data: SpectraSet, chunk: int = 1024) -> tuple:
+    """Per pixel: the sum of (flux - training mean spectrum)^2 over observed values, and their count."""
+    total = np.zeros(data.n_pixels)
+    count = np.zeros(data.n_pixels)
+    for s in range(0, len(data), chunk):
+        d = np.asarray(data.flux[s:s + chunk], np.float64) - data.fill
+        ok = np.asarray(data.observed[s:s + chunk])
+        total += np.where(ok, d * d, 0).sum(axis=0)
+        count += ok.sum(axis=0)
+    if count.sum() == 0 or total.sum() <= 0:
+        raise ValueError("the training spectra have no observed pixel that varies")
+    return total, count
+
+
 def centred_rms(data: SpectraSet, chunk: int = 1024) -> float:
     """RMS of (flux - training mean spectrum) over the observed pixels of a data set.
 
     Book: {ref}`sec-starnet-training`
     """
-    total, count = 0.0, 0
-    for s in range(0, len(data), chunk):
-        d = np.asarray(data.flux[s:s + chunk], np.float64) - data.fill
-        ok = np.asarray(data.observed[s:s + chunk])
-        total += float(np.sum(d[ok] ** 2))
-        count += int(ok.sum())
-    if count == 0 or total <= 0:
-        raise ValueError("the training spectra have no observed pixel that varies")
-    return float(np.sqrt(total / count))
+    total, count = _centred_sums(data, chunk)
+    return float(np.sqrt(total.sum() / count.sum()))
 
 
 def pixel_rms(data: SpectraSet, chunk: int = 1024) -> np.ndarray:
@@ -297,18 +305,10 @@ def pixel_rms(data: SpectraSet, chunk: int = 1024) -> np.ndarray:
     -------
     ndarray, shape (n_pixels,)
         Pixels observed in fewer than two stars, or that never vary, get the RMS over all
-        pixels (what :func:`centred_rms` returns, here from the same pass over the spectra),
-        so that their (constant) input is not blown up.
+        pixels (what :func:`centred_rms` returns, from the same sums), so that their
+        (constant) input is not blown up.
     """
-    total = np.zeros(data.n_pixels)
-    count = np.zeros(data.n_pixels)
-    for s in range(0, len(data), chunk):
-        d = np.asarray(data.flux[s:s + chunk], np.float64) - data.fill
-        ok = np.asarray(data.observed[s:s + chunk])
-        total += np.where(ok, d * d, 0).sum(axis=0)
-        count += ok.sum(axis=0)
-    if count.sum() == 0 or total.sum() <= 0:
-        raise ValueError("the training spectra have no observed pixel that varies")
+    total, count = _centred_sums(data, chunk)
     rms = np.sqrt(total / np.maximum(count, 1))
     bad = (count < 2) | ~(rms > 0)
     rms[bad] = np.sqrt(total.sum() / count.sum())
@@ -445,10 +445,8 @@ def train_starnet(source: StarnetSource, split: StarSplit, modality: str = "apog
     t_train = time.perf_counter() - t_start
     # calibration: per label, the factor that makes (y - mu) / sigma have unit RMS on val
     mu_v, lv_v = mu_v.numpy(), lv_v.numpy()
-    zres = (zv.numpy() - mu_v) * np.exp(-0.5 * lv_v)
-    ok = wv.numpy() > 0
-    sigma_scale = np.array([np.sqrt(np.mean(zres[ok[:, j], j] ** 2)) if ok[:, j].any() else 1.0
-                            for j in range(zres.shape[1])])
+    zres = np.where(wv.numpy() > 0, (zv.numpy() - mu_v) * np.exp(-0.5 * lv_v), np.nan)
+    sigma_scale = unit_rms_scale(zres)
     wave = train.wavelength
     meta = {"format": _FORMAT, "key": key, "version": MODEL_VERSION, "torch": torch.__version__,
             "source": source.key, "split": split.key, "split_seed": split.seed,
