@@ -9,6 +9,7 @@ import torch
 
 from helpers.starnet import (ESSAY_CONFIG, LABEL_NAMES, PRECISIONS, STARNET_ELEMENTS, LabelScaler,
                              ModalitySpectra, bf16_instructions, training_step_seconds,
+                             unit_rms_scale,
                              SplitOverlapError, StarNet, StarnetSource, StarSplit, TrainConfig,
                              aspcap_labels, calibration, centred_rms, embed, fast_allocation,
                              fit_ridge, label_metrics, pixel_rms, predict_ensemble, train_ensemble,
@@ -395,6 +396,15 @@ def test_bf16_fully_connected_layers_train_in_bfloat16_and_predict_in_float32(ca
     assert run16.path != run32.path and run16.meta["config"]["precision"] == "bf16-fc"
     assert run16.history["train_loss"].iloc[-1] < run16.history["train_loss"].iloc[0]
     assert np.allclose(run16.history["val_loss"], run32.history["val_loss"], rtol=0.2)
+
+
+def test_unit_rms_scale_leaves_out_missing_labels():
+    z = np.array([[1.0, 2.0, np.nan], [-3.0, np.nan, np.nan], [np.nan, 2.0, np.nan]])
+    assert np.allclose(unit_rms_scale(z), [np.sqrt(5.0), 2.0, 1.0])
+    # the scale turns the errors into unit-RMS ones
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 3.0, (500, 2))
+    assert np.allclose(np.sqrt(np.mean((z / unit_rms_scale(z)) ** 2, axis=0)), 1.0)
 
 
 def test_bf16_instructions_reads_the_feature_flags(tmp_path):

@@ -27,7 +27,7 @@ from .data import (DEFAULT_MAX_ERROR, MODALITIES, ModalitySpectra, SpectraSet, S
                    observed_pixels, source_from_survey, starnet_data, starnet_source)
 from .ensemble import StarNetEnsemble, predict_ensemble, train_ensemble
 from .evaluate import (ESSAY_RMSE, RidgeBaseline, bootstrap_rmse, calibration, fit_ridge,
-                       label_metrics, label_systematics)
+                       label_metrics, label_systematics, unit_rms_scale)
 from .infer import Prediction, embed, predict
 from .labels import (LABEL_KINDS, LABEL_NAMES, LABEL_UNITS, STARNET_ELEMENTS, LabelScaler,
                      aspcap_labels, label_display, true_labels)
@@ -45,7 +45,7 @@ __all__ = [
     "observed_pixels", "source_from_survey", "starnet_data", "starnet_source",
     "StarNetEnsemble", "predict_ensemble", "train_ensemble",
     "ESSAY_RMSE", "RidgeBaseline", "bootstrap_rmse", "calibration", "fit_ridge",
-    "label_metrics", "label_systematics",
+    "label_metrics", "label_systematics", "unit_rms_scale",
     "Prediction", "embed", "predict",
     "LABEL_KINDS", "LABEL_NAMES", "LABEL_UNITS", "STARNET_ELEMENTS", "LabelScaler",
     "aspcap_labels", "label_display", "true_labels",

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .data import StarnetSource, starnet_data
+from .evaluate import unit_rms_scale
 from .infer import Prediction, predict
 from .split import StarSplit
 from .train import StarNetRun, TrainConfig, train_starnet
@@ -93,9 +94,7 @@ def train_ensemble(source: StarnetSource, split: StarSplit, modality: str = "apo
             for m in range(int(members))]
     val = starnet_data(source, split, modality, max_error)["val"]
     mu, sig = _mixture([predict(r, val) for r in runs])
-    z = (source.labels(val.ids, labels) - mu) / sig
-    scale = np.array([np.sqrt(np.nanmean(z[:, j] ** 2)) if np.isfinite(z[:, j]).any() else 1.0
-                      for j in range(z.shape[1])])
+    scale = unit_rms_scale((source.labels(val.ids, labels) - mu) / sig)
     return StarNetEnsemble(runs=runs, sigma_scale=scale)
 
 

@@ -22,8 +22,8 @@ import torch
 
 from .labels import LABEL_UNITS, label_display
 
-__all__ = ["label_metrics", "calibration", "bootstrap_rmse", "RidgeBaseline", "fit_ridge",
-           "label_systematics", "ESSAY_RMSE"]
+__all__ = ["label_metrics", "calibration", "unit_rms_scale", "bootstrap_rmse", "RidgeBaseline",
+           "fit_ridge", "label_systematics", "ESSAY_RMSE"]
 
 #: The essay's supervised StarNet on APOGEE (validation stars, ASPCAP labels): RMSE of
 #: Teff (K), logg and [Fe/H] (dex).
@@ -62,6 +62,20 @@ def label_metrics(pred: np.ndarray, truth: np.ndarray, names) -> pd.DataFrame:
                      "rmse": float(np.sqrt(np.mean(d ** 2))) if d.size else np.nan,
                      "r2": float(1 - np.mean(d ** 2) / var) if var > 0 else np.nan})
     return pd.DataFrame(rows).set_index("name")
+
+
+def unit_rms_scale(z: np.ndarray) -> np.ndarray:
+    """Per label, the factor that gives normalised errors ``z`` unit RMS: sqrt(mean z^2).
+
+    Book: {ref}`sec-starnet-uncertainty`
+
+    ``z`` is (n, n_labels), NaN where a label is missing; a label with no value gets 1.
+    A run's variance head and an ensemble's mixture are calibrated on the validation stars
+    with it (their sigmas times this factor).
+    """
+    z = np.asarray(z, np.float64)
+    return np.array([np.sqrt(np.mean(col[~np.isnan(col)] ** 2)) if (~np.isnan(col)).any()
+                     else 1.0 for col in z.T])
 
 
 def calibration(pred: np.ndarray, sigma: np.ndarray, truth: np.ndarray, names) -> pd.DataFrame:
