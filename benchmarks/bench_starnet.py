@@ -50,8 +50,8 @@ import torch.nn as nn
 
 from helpers.starnet import (PRECISIONS, LabelScaler, StarNet, TrainConfig, centred_rms,
                              fast_allocation, pooled_length, reference_sequential,
-                             source_from_survey, starnet_data, starnet_source, starnet_split,
-                             torch_threads, train_epoch)
+                             source_from_survey, starnet_data, starnet_loss, starnet_source,
+                             starnet_split, torch_threads, train_epoch)
 from helpers.survey import load_survey
 from machine import gemm_gflops, load   # benchmarks/machine.py
 
@@ -120,9 +120,8 @@ def time_batches(model, fused: bool, heap: bool, data, y, w, batches: int, batch
             t0 = time.perf_counter()
             x = torch.from_numpy(data.rows(idx))
             t1 = time.perf_counter()
-            mu, logvar = model.predict_with_logvar(x)
-            loss = ((mu - y[idx]) ** 2 * w[idx]).mean() + \
-                (0.5 * (logvar + (y[idx] - mu.detach()) ** 2 * torch.exp(-logvar))).mean()
+            mse, nll = starnet_loss(model, x, y[idx], w[idx])
+            loss = mse + nll
             t2 = time.perf_counter()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -153,9 +152,8 @@ def profile_step(n_pix: int, data, y, w, batch: int, steps: int, threads: int,
 
     def step():
         idx = np.sort(rng.choice(len(data), batch, replace=False))
-        mu, logvar = model.predict_with_logvar(torch.from_numpy(data.rows(idx)))
-        loss = ((mu - y[idx]) ** 2 * w[idx]).mean() + \
-            (0.5 * (logvar + (y[idx] - mu.detach()) ** 2 * torch.exp(-logvar))).mean()
+        mse, nll = starnet_loss(model, torch.from_numpy(data.rows(idx)), y[idx], w[idx])
+        loss = mse + nll
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
