@@ -181,6 +181,19 @@ def test_ablation_table_pairs_settings():
         imprint_ablation(SurveyParams(n_field=1000), {"x": {"no_such_field": 0}})
 
 
+def test_imprint_settings_pick_rows_after_the_reference():
+    from helpers.rsca.ablation import IMPRINTS, imprint_settings
+
+    names = list(IMPRINTS)
+    assert imprint_settings() == IMPRINTS
+    picked = imprint_settings(["no systematic label errors", "no plate patterns"])
+    assert list(picked) == [names[0], "no plate patterns", "no systematic label errors"]   # table order
+    assert picked["no plate patterns"] == IMPRINTS["no plate patterns"]
+    for bad in (["no plate pattern"], [names[0]], [], "no plate patterns"):
+        with pytest.raises(ValueError, match="imprint"):
+            imprint_settings(bad)
+
+
 def test_knee_percentile_margin_resists_one_wild_cluster():
     # a clean knee at N = 4, plus one cluster whose rate jumps to 0.3 from N = 2 on
     P = _curve([0.06, 0.03, 0.015, 0, 0, 0, 0, 0], noise=0.002)

@@ -26,7 +26,7 @@ from helpers.rsca.scratch import cached_arrays, lean, result_key, scratch_inputs
 from helpers.rsca.selection import SelectionParams
 from helpers.survey import SurveyParams
 
-__all__ = ["IMPRINTS", "imprint_ablation", "ablation_table", "setting_rates"]
+__all__ = ["IMPRINTS", "imprint_settings", "imprint_ablation", "ablation_table", "setting_rates"]
 
 #: Each imprint of chapter 2b and the SurveyParams fields that switch it off.
 IMPRINTS = {
@@ -38,6 +38,40 @@ IMPRINTS = {
     "no model mismatch": {"mismatch_amplitude": 0.0},
     "no systematic label errors": {"synthetic_gap": 0.0},
 }
+
+
+def imprint_settings(rows=None) -> dict:
+    """The settings of an imprint table: the survey as it is, then the imprints switched off.
+
+    Book: {ref}`sec-imprint-table`
+
+    Parameters
+    ----------
+    rows : list of str, optional
+        Names of :data:`IMPRINTS` (other than its first entry, the survey with every imprint)
+        to switch off, in the order of :data:`IMPRINTS`; ``None``: every one of them.
+
+    Returns
+    -------
+    dict of str -> dict
+        The first entry of :data:`IMPRINTS` (the reference of the differences), then the
+        chosen ones: the ``settings`` of :func:`imprint_ablation`.
+
+    Raises
+    ------
+    ValueError
+        A name that is not an imprint of :data:`IMPRINTS`, or an empty list.
+    """
+    names = list(IMPRINTS)
+    if rows is None:
+        return dict(IMPRINTS)
+    if isinstance(rows, str) or not all(isinstance(r, str) for r in rows) or not len(rows):
+        raise ValueError(f"imprint rows must be None or a non-empty list of names from {names[1:]}, "
+                         f"got {rows!r}")
+    unknown = [r for r in rows if r not in names[1:]]
+    if unknown:
+        raise ValueError(f"imprint rows {unknown} are not imprints of the table; choose from {names[1:]}")
+    return {name: IMPRINTS[name] for name in names if name == names[0] or name in rows}
 
 
 def setting_rates(params: SurveyParams, *, n_components: int = 30, n_runs: int = 3, seed: int = 0,
