@@ -29,9 +29,9 @@ CHAPTER_TEST = "test_notebooks.py::test_chapter_runs_at_smoke_parameters["
 #: chapter that reads the smoke survey, so its worker makes the survey and its RSCA inputs
 #: (about 20 s on one core) while chain "a"'s worker runs these, then chapter 1 (which needs
 #: no survey), and finds the data ready at chapter 2 (it used to wait for the lock there).
-#: test_plate_tag.py: two tests, about 15 s of CPU, each with its own scratch survey in its own
-#: cache folder.
-CHAIN_A_HEAD = ("test_plate_tag.py::",)
+#: test_plate_tag.py: two tests, about 8 s of CPU, each with its own scratch survey in its own
+#: cache folder; test_runs_knee.py: about 5 s, tiny surveys in temporary cache folders.
+CHAIN_A_HEAD = ("test_plate_tag.py::", "test_runs_knee.py::")
 
 #: Unit tests handed out first once a worker is done with its chain, so that the last tests of
 #: the run are short ones and neither worker idles long while the other finishes (in collection
