@@ -103,3 +103,17 @@ def test_knn_and_few_shot_recover_labels_that_the_embedding_holds():
         knn_labels(z[:10], y[:10], z[2000:], k=64)
     with pytest.raises(ValueError, match="dimension"):
         knn_labels(z[:100], y[:100], z[2000:, :2], k=16)
+
+
+def test_xgboost_rounds_are_a_parameter():
+    from helpers.starclip.estimate import fit_regressor
+
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=(60, 3)), rng.normal(size=(60, 2))
+    assert fit_regressor("xgboost", x, y).get_booster().num_boosted_rounds() == 200
+    assert fit_regressor("xgboost", x, y, n_trees=7).get_booster().num_boosted_rounds() == 7
+    table = few_shot(x[:40], y[:40], x[40:], y[40:], ["a", "b"], n_values=(None,), n_trees=3)
+    assert list(table.method) == ["ridge", "xgboost"]
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="n_trees"):
+            fit_regressor("xgboost", x, y, n_trees=bad)
