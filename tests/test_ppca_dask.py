@@ -166,7 +166,8 @@ def test_worker_without_the_shared_disk(tmp_path):
     grid = {"CRVAL1": 4.0, "CDELT1": 1e-5, "n_pixels": 40}
     write_zarr_store(tmp_path / "s.zarr", {"flux": X, "observed": obs},
                      [str(i) for i in range(400)], grid=grid, progress=False)
-    cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None)
+    # a scheduler without workers of its own: the blind worker is the cluster's only one
+    cluster = distributed.LocalCluster(n_workers=0, dashboard_address=None)
     blind = None
     try:
         with distributed.Client(cluster, set_as_default=False) as client:
@@ -176,7 +177,7 @@ def test_worker_without_the_shared_disk(tmp_path):
                  f"mount -t tmpfs none {tmp_path} && exec {sys.executable} -m distributed.cli."
                  f"dask_worker {addr} --nthreads 1 --no-dashboard --name blind"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            client.wait_for_workers(2, timeout=60)
+            client.wait_for_workers(1, timeout=60)
             store = open_zarr_store(tmp_path / "s.zarr", grid=grid)
             with client.as_current():
                 with pytest.raises(ClusterError, match=r"worker tcp://\S+ \(.*\) has no .*s.zarr: "
