@@ -119,3 +119,24 @@ def test_ppca_representation_caches(tmp_path, monkeypatch):
     np.testing.assert_array_equal(rep.field, again.field)
     # the fitted subspace is the planted one
     assert rp.principal_angles(rep.components, basis[:, 5:]).max() < 5
+
+
+def test_pixel_columns_copy_runs_or_gather_the_same_values():
+    from helpers.rsca.representation import PixelColumns, column_runs, read_rows, select_columns
+
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((50, 40)).astype(np.float32)
+    keep = np.ones(40, bool)
+    keep[[0, 7, 8, 20, 39]] = False                       # 4 runs of consecutive pixels
+    cols = np.flatnonzero(keep)
+    assert column_runs(cols) == [(1, 7), (9, 20), (21, 39)]
+    assert column_runs([3, 2]) is None and column_runs(np.arange(0, 40, 2)) is None   # gather
+    for runs in (column_runs(cols), None):
+        got = select_columns(X, cols, runs)
+        assert got.flags["C_CONTIGUOUS"]
+        np.testing.assert_array_equal(got, X[:, cols])
+    rows = np.array([4, 2, 30, 31, 32])
+    np.testing.assert_array_equal(PixelColumns(X, keep)[rows], X[rows][:, cols])
+    np.testing.assert_array_equal(PixelColumns(X, keep, rows)[1:4], X[rows[1:4]][:, cols])
+    np.testing.assert_array_equal(read_rows(X > 0, rows, cols, dtype=bool, chunk_size=2),
+                                  (X > 0)[rows][:, cols])
