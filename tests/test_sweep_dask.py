@@ -76,9 +76,10 @@ def _stop(*procs):
                 p.kill()
 
 
-def test_losing_the_scheduler_loses_no_finished_point(tiny, tmp_path):
+def test_losing_the_scheduler_loses_no_finished_point(tiny, tmp_path, dask_client):
     """The scheduler dies while one point still runs: the finished point is on disk, the
-    sweep says what happened, and the rerun (on a new cluster) runs only the rest."""
+    sweep says what happened, and the rerun (on another cluster: the module's local one)
+    runs only the rest."""
     hold = tmp_path / "hold"
     hold.write_text("wait")
     out = tmp_path / "out"
@@ -117,14 +118,8 @@ def test_losing_the_scheduler_loses_no_finished_point(tiny, tmp_path):
         hold.unlink(missing_ok=True)
         _stop(worker, sched)
     stamp = done.stat().st_mtime_ns
-    sched, sfile = _scheduler(tmp_path)
-    worker = _start(["distributed.cli.dask_worker", "--scheduler-file", str(sfile),
-                     "--nthreads", "1", "--no-dashboard"])
-    try:
-        table = run_sweep(tiny, {"K": [1], "hold": ["", str(hold)]}, out=out,
-                          scheduler=str(sfile), progress=False, connect_timeout=60)
-    finally:
-        _stop(worker, sched)
+    table = run_sweep(tiny, {"K": [1], "hold": ["", str(hold)]}, out=out, scheduler=dask_client,
+                      progress=False)
     assert table.status.tolist() == ["ok", "ok"]
     assert done.stat().st_mtime_ns == stamp          # the finished point was not rerun
 
