@@ -44,49 +44,13 @@ import yaml
 
 from helpers.dask_cluster import ClusterError, check_workers, connect
 from helpers.paths import cache_dir
+from helpers.sweep_record import RESULTS_ENV, record_result, run_point
 
 __all__ = ["record_result", "grid_points", "point_id", "run_sweep", "run_point_in_child", "main",
            "RESULTS_ENV", "WORKER_MODULES"]
 
 #: What every Dask worker of a sweep must import: the book, papermill and the kernel.
 WORKER_MODULES = ("helpers", "papermill", "nbformat", "ipykernel")
-
-#: Environment variable through which a sweep tells a chapter where to record its results.
-RESULTS_ENV = "STARS_BOOK_RESULTS"
-
-
-def record_result(**values) -> dict:
-    """Record a chapter's headline numbers for a parameter sweep.
-
-    Book: {ref}`sec-sweeps-record`
-
-    Inside a sweep (environment variable ``STARS_BOOK_RESULTS`` set by
-    :func:`run_sweep`) the values are merged into that JSON file; otherwise nothing is
-    written. Values must be JSON numbers, strings or booleans (numpy scalars are
-    converted).
-
-    Returns
-    -------
-    dict
-        The recorded values (so a chapter can also display them).
-    """
-    clean = {}
-    for key, value in values.items():
-        if hasattr(value, "item"):
-            value = value.item()
-        if not isinstance(value, (int, float, str, bool)) and value is not None:
-            raise TypeError(f"record_result: {key}={value!r} is not a number, string or bool")
-        clean[key] = value
-    path = os.environ.get(RESULTS_ENV)
-    if path:
-        p = Path(path)
-        data = json.loads(p.read_text()) if p.exists() else {}
-        data.setdefault("results", {}).update(clean)
-        tmp = p.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, p)
-    return clean
-
 
 def grid_points(params: dict, seeds=None, seed_name: str = "seed") -> list[dict]:
     """The Cartesian product of parameter values (and seeds), as a list of dicts.
@@ -133,27 +97,6 @@ def _notebook_parameters(notebook: Path) -> set:
     return names
 
 
-def _run_point(notebook: str, source_ipynb: str, out_ipynb: str, out_json: str, point: dict,
-               timeout: float | None) -> dict:
-    """Execute one grid point in this (worker) process; return its record."""
-    import papermill as pm  # optional dependency (the book/test extras)
-
-    os.environ[RESULTS_ENV] = out_json
-    record = {"notebook": notebook, "params": point, "status": "running", "results": {}}
-    Path(out_json).write_text(json.dumps(record))
-    start = time.perf_counter()
-    try:
-        pm.execute_notebook(source_ipynb, out_ipynb, parameters=point, cwd=str(Path(notebook).parent),
-                            kernel_name="python3", progress_bar=False, execution_timeout=timeout)
-        status, error = "ok", None
-    except Exception as exc:  # the point failed: record why, keep the others going
-        status, error = "error", f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
-    record = json.loads(Path(out_json).read_text())
-    record.update(status=status, error=error, seconds=round(time.perf_counter() - start, 2))
-    Path(out_json).write_text(json.dumps(record, indent=1))
-    return record
-
-
 def run_point_in_child(notebook: str, source_text: str, point: dict, timeout: float | None,
                        env: dict) -> tuple:
     """Run one grid point in a child process of this (Dask worker) process.
@@ -180,9 +123,9 @@ def run_point_in_child(notebook: str, source_text: str, point: dict, timeout: fl
         spec = {"notebook": str(where), "source": str(src), "out_ipynb": str(tmp / "point.ipynb"),
                 "out_json": str(tmp / "point.json"), "point": point, "timeout": timeout}
         (tmp / "spec.json").write_text(json.dumps(spec))
-        code = ("import json, sys; from helpers.sweep import _run_point; "
+        code = ("import json, sys; from helpers.sweep_record import run_point; "
                 "s = json.load(open(sys.argv[1])); "
-                "_run_point(s['notebook'], s['source'], s['out_ipynb'], s['out_json'], "
+                "run_point(s['notebook'], s['source'], s['out_ipynb'], s['out_json'], "
                 "s['point'], s['timeout'])")
         start = time.perf_counter()
         proc = subprocess.run([sys.executable, "-c", code, str(tmp / "spec.json")],
@@ -378,7 +321,7 @@ def run_sweep(notebook, params: dict, seeds=None, out=None, jobs: int = 2, seed_
     elif todo:
         ctx = multiprocessing.get_context("spawn")
         with cf.ProcessPoolExecutor(max_workers=int(jobs), mp_context=ctx) as pool:
-            futures = {pool.submit(_run_point, str(notebook), str(source),
+            futures = {pool.submit(run_point, str(notebook), str(source),
                                    str(out / "points" / f"{pid}.ipynb"),
                                    str(out / "points" / f"{pid}.json"), point, timeout): pid
                        for pid, point in todo}
