@@ -138,12 +138,14 @@ def test_knee_bad_input():
 
 
 def test_truth_needs_a_synthetic_survey(tmp_path):
-    from helpers.rsca.truth import survey_truth, truth_scan
+    from helpers.rsca.truth import scratch_plate_shares, survey_truth, truth_scan
 
     with pytest.raises(ValueError, match="real data has no truth"):
         survey_truth({"cache": tmp_path, "occam_members": tmp_path / "occam.fits"})
     with pytest.raises(ValueError, match="only a synthetic survey knows"):
         truth_scan({"cache": tmp_path, "occam_members": tmp_path / "occam.fits"})
+    with pytest.raises(ValueError, match="only a synthetic survey knows"):
+        scratch_plate_shares({"cache": tmp_path, "occam_members": tmp_path / "occam.fits"})
 
 
 def test_explain_knee():

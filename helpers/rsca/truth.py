@@ -29,7 +29,7 @@ from helpers.rsca.scratch import cached_arrays, lean, result_key, scratch_inputs
 from helpers.survey import Survey, SurveyParams, generate_survey, load_survey
 
 __all__ = ["survey_truth", "explained_share", "plate_share", "dimension_roles", "latent_ranks",
-           "explain_knee", "TruthScan", "truth_scan", "ROLE_THRESHOLD"]
+           "explain_knee", "TruthScan", "truth_scan", "scratch_plate_shares", "ROLE_THRESHOLD"]
 
 #: R^2 from which a quantity counts as followed by a dimension (dimension_roles, latent_ranks).
 ROLE_THRESHOLD = 0.5
@@ -413,3 +413,48 @@ def truth_scan(params: SurveyParams, *, n_components: int = 30, n_runs: int = 5,
                      n_members=arr["n_members"], knee=knee, roles=roles, ranks=ranks,
                      reason=explain_knee(knee.knee, n_latent, roles, ranks, without=knee.without),
                      n_field=int(arr["n_field"]))
+
+
+def scratch_plate_shares(params: SurveyParams, *, n_components: int = 30, seed: int = 0,
+                         max_rank: int = 10, mask: MaskParams = MaskParams(ism_windows="paper")) -> np.ndarray:
+    """Plate share of the top RSCA dimensions of one PPCA run on a scratch survey (cached).
+
+    Book: {ref}`sec-rsca-plates`
+
+    Generates ``params`` (scratch: removed after use, :func:`helpers.rsca.scratch.scratch_inputs`),
+    fits one PPCA run (start seed ``seed``) on every field star, and returns the ``r2_plate``
+    column of :func:`dimension_roles`: how much of each top dimension plate membership
+    explains.  The result is cached by its inputs (:func:`helpers.rsca.scratch.cached_arrays`),
+    so a second call generates nothing.
+
+    Parameters
+    ----------
+    params : SurveyParams
+        A synthetic survey (e.g. ``lean(chapter_source(6000, 42, plate_systematic=0.0))``).
+    n_components : int
+        K of the PPCA run.
+    seed : int
+    max_rank : int
+        Top dimensions reported.
+    mask : MaskParams
+        The paper's interstellar windows by default (small surveys need them).
+
+    Returns
+    -------
+    ndarray, shape (max_rank,)
+        Plate share of dimensions 1 .. max_rank, ranked by the metric's weight.
+    """
+    if not isinstance(params, SurveyParams):
+        raise ValueError("scratch_plate_shares needs the SurveyParams of a synthetic survey: only a "
+                         f"synthetic survey knows its plates' imprint (got {type(params).__name__})")
+    key = result_key("plate-shares-v1", survey=params.key(), mask=mask.to_dict(), K=int(n_components),
+                     seed=int(seed), tol=PPCA_TOL, max_rank=int(max_rank))
+
+    def compute():
+        with scratch_inputs(params, mask=mask) as (inp, survey):
+            run = ppca_runs(inp, n_components, 1, seed=seed, cache=False, progress=False)[0]
+            roles = dimension_roles(run, inp.cluster_labels, survey.truth_arrays, inp.field_rows,
+                                    max_rank=max_rank)
+        return {"r2_plate": roles.r2_plate.to_numpy()}
+
+    return cached_arrays("plate_shares", key, compute)["r2_plate"]
