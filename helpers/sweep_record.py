@@ -29,7 +29,7 @@ def record_result(**values) -> dict:
     Book: {ref}`sec-sweeps-record`
 
     Inside a sweep (environment variable ``STARS_BOOK_RESULTS`` set by
-    :func:`run_sweep`) the values are merged into that JSON file; otherwise nothing is
+    :func:`helpers.sweep.run_sweep`) the values are merged into that JSON file; otherwise nothing is
     written. Values must be JSON numbers, strings or booleans (numpy scalars are
     converted).
 
