@@ -51,7 +51,7 @@ import torch.nn as nn
 from helpers.starnet import (PRECISIONS, LabelScaler, StarNet, TrainConfig, centred_rms,
                              fast_allocation, pooled_length, reference_sequential,
                              source_from_survey, starnet_data, starnet_loss, starnet_source,
-                             starnet_split, torch_threads, train_epoch)
+                             starnet_split, torch_threads, train_epoch, training_step)
 from helpers.survey import load_survey
 from machine import gemm_gflops, load   # benchmarks/machine.py
 
@@ -152,11 +152,7 @@ def profile_step(n_pix: int, data, y, w, batch: int, steps: int, threads: int,
 
     def step():
         idx = np.sort(rng.choice(len(data), batch, replace=False))
-        mse, nll = starnet_loss(model, torch.from_numpy(data.rows(idx)), y[idx], w[idx])
-        loss = mse + nll
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        training_step(model, opt, torch.from_numpy(data.rows(idx)), y[idx], w[idx])
 
     la = load()
     with fast_allocation(), torch_threads(threads):

@@ -9,7 +9,8 @@ The API the StarNet and StarCLIP chapters use (each name's docstring says more):
   written once), :func:`starnet_data` (a modality's three split parts as contiguous
   memory maps, missing pixels filled and flagged);
 * labels: :data:`LABEL_NAMES`, :data:`STARNET_ELEMENTS`, :class:`LabelScaler`;
-* model: :class:`StarNet` (the essay's encoder plus a variance head), :func:`starnet_loss`;
+* model: :class:`StarNet` (the essay's encoder plus a variance head), :func:`starnet_loss`,
+  :func:`training_step` (one optimiser step);
 * training: :class:`TrainConfig`, :func:`train_starnet` (cached runs), :func:`load_run`,
   :func:`pretrained_encoders` (both modalities at once, e.g. for StarCLIP);
 * speed: :func:`bf16_instructions`, :func:`fast_allocation`, :func:`torch_threads`, :func:`training_step_seconds`
@@ -31,7 +32,8 @@ from .evaluate import (ESSAY_RMSE, RidgeBaseline, bootstrap_rmse, calibration, f
 from .infer import Prediction, embed, predict
 from .labels import (LABEL_KINDS, LABEL_NAMES, LABEL_UNITS, STARNET_ELEMENTS, LabelScaler,
                      aspcap_labels, label_display, true_labels)
-from .model import PRECISIONS, StarNet, pooled_length, reference_sequential, starnet_loss
+from .model import (PRECISIONS, StarNet, pooled_length, reference_sequential, starnet_loss,
+                    training_step)
 from .speed import bf16_instructions, fast_allocation, torch_threads, training_step_seconds
 from .split import (PARTS, SPLIT_RATIOS, SplitOverlapError, StarSplit, load_split, make_split,
                     split_path, starnet_split)
@@ -56,5 +58,5 @@ __all__ = [
     "fast_allocation", "load_run", "pixel_rms",
     "pretrained_encoders",
     "progress_enabled", "starnet_loss", "torch_threads", "train_epoch", "train_starnet",
-    "bf16_instructions", "training_step_seconds",
+    "bf16_instructions", "training_step", "training_step_seconds",
 ]

@@ -37,7 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = ["KERNEL", "POOL", "DEFAULT_CHUNK", "PRECISIONS", "StarNet", "pooled_length",
-           "reference_sequential", "starnet_loss"]
+           "reference_sequential", "starnet_loss", "training_step"]
 
 #: Spectra the fast convolution block processes at once (its arrays then stay in cache; other
 #: sizes change no number beyond float rounding, timings in ``benchmarks/README_starnet.md``).
@@ -205,6 +205,28 @@ def starnet_loss(model: StarNet, x: torch.Tensor, y: torch.Tensor, w: torch.Tens
     mse = (w * (mu - y) ** 2).sum() / n
     nll = (w * 0.5 * (logvar + (y - mu.detach()) ** 2 * torch.exp(-logvar))).sum() / n
     return mse, nll
+
+
+def training_step(model: StarNet, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                  w: torch.Tensor) -> float:
+    """One optimiser step on a batch: :func:`starnet_loss`, its gradients, the update.
+
+    Book: {ref}`sec-starnet-training`
+
+    The step of every training epoch (:func:`helpers.starnet.train.train_epoch`) and the one
+    the precisions are timed with (:func:`helpers.starnet.speed.training_step_seconds`).
+    Arguments as for :func:`starnet_loss`; ``opt`` updates ``model``'s parameters.
+
+    Returns
+    -------
+    float
+        The batch's masked MSE before the update.
+    """
+    mse, nll = starnet_loss(model, x, y, w)
+    opt.zero_grad(set_to_none=True)
+    (mse + nll).backward()
+    opt.step()
+    return float(mse.detach())
 
 
 def _reference_block(x, w1, b1, w2, b2):

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .data import SpectraSet
-from .model import PRECISIONS, StarNet, starnet_loss
+from .model import PRECISIONS, StarNet, training_step
 
 __all__ = ["bf16_instructions", "fast_allocation", "torch_threads", "training_step_seconds"]
 
@@ -137,11 +137,7 @@ def training_step_seconds(data: SpectraSet, precisions=PRECISIONS, batches: int 
             nets[p] = (model, torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True))
 
         def step(p, idx):
-            model, opt = nets[p]
-            mse, nll = starnet_loss(model, torch.from_numpy(data.rows(idx)), y, w)
-            opt.zero_grad(set_to_none=True)
-            (mse + nll).backward()
-            opt.step()
+            training_step(*nets[p], torch.from_numpy(data.rows(idx)), y, w)
 
         for p in precisions:
             step(p, rows[0])

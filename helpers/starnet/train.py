@@ -35,7 +35,7 @@ from helpers.progress import progress_enabled   # re-exported: helpers.starnet.p
 from .data import SpectraSet, StarnetSource, starnet_data
 from .evaluate import unit_rms_scale
 from .labels import LABEL_KINDS, LABEL_NAMES, LabelScaler
-from .model import PRECISIONS, StarNet, starnet_loss
+from .model import PRECISIONS, StarNet, training_step
 from .speed import fast_allocation, torch_threads
 from .split import StarSplit
 
@@ -342,11 +342,7 @@ def train_epoch(model: StarNet, opt: torch.optim.Optimizer, data: SpectraSet, ta
     for b in range(n_batches):
         idx = np.sort(perm[b * batch_size:(b + 1) * batch_size])
         x = torch.from_numpy(data.rows(idx))
-        mse, nll = starnet_loss(model, x, targets[idx], weights[idx])
-        opt.zero_grad(set_to_none=True)
-        (mse + nll).backward()
-        opt.step()
-        total += float(mse.detach())
+        total += training_step(model, opt, x, targets[idx], weights[idx])
         if bar is not None:
             bar.update(1)
     return total / max(n_batches, 1)
