@@ -126,7 +126,7 @@ def fit_regressor(method: str, x, y, seed: int = 0, n_jobs: int = 1, n_trees: in
     n_jobs : int
     n_trees : int
         XGBoost's boosting rounds (200; fewer only to run the chapter quickly: the fit's cost
-        is proportional to them, 3.2 s for 1,000 stars and 20 labels at 200 on one core).
+        grows in proportion to them).
     """
     if method == "ridge":
         return make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 13))).fit(x, y)
